@@ -1,0 +1,51 @@
+# spam-bench entry points. `make` bootstraps .venv on first use; every target depends on it.
+# GPU users: make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= rl,tsf,ray,zoo,report,dev
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.spam-bench-installed
+
+TASK ?= llm
+OPT ?= adamw
+SEED ?= 0
+SCALE ?= tiny
+SET ?=
+OUT ?=
+OUT_FLAG := $(if $(OUT),--out $(OUT),)
+SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
+
+# Hub lookups fail offline; make them fail in a second rather than after retries.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup bench report perf test lint clean-venv
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when the project's dependency list changes.
+# torch goes first so that no later resolution can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/spambench fetch-data --task llm
+	@touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/spambench run --task $(TASK) --opt $(OPT) --seed $(SEED) --scale $(SCALE) $(SET_FLAGS) $(OUT_FLAG)
+
+report: $(STAMP)
+	$(BIN)/spambench report $(OUT_FLAG)
+
+perf: $(STAMP)
+	$(BIN)/spambench perf
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

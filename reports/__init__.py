@@ -1,0 +1,1 @@
+"""Results -> tables and plots. Reads only complete runs (those with summary.json)."""

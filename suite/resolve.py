@@ -1,0 +1,93 @@
+"""Turn command-line choices into a validated `ResolvedRun`, before anything touches the disk.
+
+`--set key=value` goes to the task's config when the task has that field, to the optimizer's
+hyperparameters when the key is `opt.<name>` (or only the optimizer has it). Every value is typed
+and bounds-checked here, so a bad one fails with one line and no run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from suite.config import build_config, coerce, load_yaml, to_dict
+from suite.errors import ConfigError
+from suite.model_info import ModelInfo
+from suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
+from suite.spec import RunSpec
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class ResolvedRun:
+    """A RunSpec with its task and optimizer looked up and their configs built and validated."""
+
+    spec: RunSpec
+    task: Any
+    config: Any
+    optimizer: OptimizerSpec
+    opt_config: Any
+
+    def make_optimizer(self, model: torch.nn.Module, model_info: ModelInfo, *, lr: float) -> torch.optim.Optimizer:
+        return self.optimizer.factory(model, model_info, lr=lr, **dataclasses.asdict(self.opt_config))
+
+    def record(self) -> dict[str, Any]:
+        """What spec.json holds: identity, plus every effective value (defaults included)."""
+        return {
+            "run_id": self.spec.run_id,
+            "spec": self.spec.canonical(),
+            "task_config": to_dict(self.config),
+            "optimizer_config": to_dict(self.opt_config),
+            "grad_clip_from_optimizer": self.optimizer.grad_clip,
+            "primary_metric": self.task.primary_metric,
+            "direction": self.task.direction,
+        }
+
+
+def _split_sets(sets: Mapping[str, str], task_fields: set[str], opt_fields: set[str], opt_name: str) -> tuple[dict, dict]:
+    task_vals, opt_vals = {}, {}
+    for key, value in sets.items():
+        if key.startswith("opt."):
+            if key[4:] not in opt_fields:
+                raise ConfigError(key, value, f"optimizer {opt_name} keys " + ", ".join(sorted(opt_fields)))
+            opt_vals[key[4:]] = value
+        elif key in task_fields:
+            task_vals[key] = value
+        elif key in opt_fields:
+            opt_vals[key] = value
+        else:
+            raise ConfigError(key, value, "task keys " + ", ".join(sorted(task_fields))
+                              + f"; optimizer keys opt.<{'|'.join(sorted(opt_fields))}>")
+    return task_vals, opt_vals
+
+
+def _typed_overrides(values: Mapping[str, Any], built: Any) -> dict[str, Any]:
+    return {k: getattr(built, k) for k in values}
+
+
+def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
+            sets: Mapping[str, str] | None = None, device: str = "cpu") -> ResolvedRun:
+    task_obj = TASKS.get(task)
+    opt_spec = OPTIMIZERS.get(optimizer)
+    seed = coerce("seed", seed, int)
+    if seed < 0:
+        raise ConfigError("seed", seed, "int >= 0")
+    if scale not in task_obj.scales():
+        raise ConfigError("scale", scale, task_obj.scales())
+    if not _DEVICE.match(device):
+        raise ConfigError("device", device, "cpu, cuda or cuda:N")
+    task_fields = {f.name for f in dataclasses.fields(task_obj.config_cls)}
+    opt_fields = {f.name for f in dataclasses.fields(opt_spec.config_cls)}
+    task_sets, opt_sets = _split_sets(sets or {}, task_fields, opt_fields, optimizer)
+
+    base = load_yaml(task_obj.scale_path(scale))
+    config = build_config(task_obj.config_cls, {**base, **task_sets})
+    opt_config = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
+    spec = RunSpec(task=task, optimizer=optimizer, seed=seed, scale=scale,
+                   overrides=_typed_overrides(task_sets, config),
+                   opt_hparams=_typed_overrides(opt_sets, opt_config), device=device)
+    return ResolvedRun(spec, task_obj, config, opt_spec, opt_config)

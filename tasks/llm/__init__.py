@@ -1,0 +1,46 @@
+"""`llm`: LLaMA pre-training, the paper's main benchmark (SPAM.md §1.7, §3.2).
+
+Primary metric: validation perplexity (lower is better). Scales: `tiny` (Shakespeare, ~1.3M
+parameters, CPU minutes) and `paper-60m` ... `paper-1b` (C4, the paper's shapes and recipe).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.base import TaskBase
+from tasks.llm import corpus
+from tasks.llm.config import LLMConfig
+
+
+def build_data(config: LLMConfig, seed: int) -> Any:
+    from tasks.llm.data import C4Data, ShakespeareData
+
+    if config.dataset == "shakespeare":
+        return ShakespeareData.build(vocab_size=config.vocab_size, seq_len=config.seq_len, batch_size=config.batch_size,
+                                     seed=seed, eval_tokens=config.eval_tokens, val_every=config.val_every)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_pretrained(config.tokenizer)
+    return C4Data(tokenizer=tok, seq_len=config.seq_len, batch_size=config.batch_size,
+                  eval_tokens=config.eval_tokens, data_files=config.data_files)
+
+
+class LLMTask(TaskBase):
+    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+        from tasks.llm.train import Trainer
+
+        return Trainer(run, recorder, build_data(run.config, run.spec.seed)).fit()
+
+    def fetch_data(self) -> None:
+        corpus.fetch_corpus()
+
+
+TASK = LLMTask(
+    name="llm",
+    description="LLaMA pre-training (tiny: Shakespeare on CPU; paper: C4, 60M-1B)",
+    config_cls=LLMConfig,
+    primary_metric="val_ppl",
+    direction="min",
+    config_dir=Path(__file__).parent / "configs",
+)

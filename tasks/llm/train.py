@@ -1,0 +1,173 @@
+"""Pre-train the LLaMA model on the configured data with any registered optimizer.
+
+The loop is the paper's (SPAM.md §1.7): gradient accumulation up to the batch size, linear LR
+warmup from 0 then cosine to `min_lr_ratio` x peak, optional global-norm clipping (off in the
+paper), validation perplexity at a fixed token budget. It checkpoints everything that determines
+the future (model, optimizer, schedule, step, RNG states), so a resumed run is bit-identical.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from suite.interrupt import deferred_interrupt
+from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
+from tasks.llm.config import LLMConfig
+from tasks.llm.model import Llama, LlamaShape, count_parameters
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def model_shape(config: LLMConfig, vocab_size: int) -> LlamaShape:
+    return LlamaShape(vocab_size=vocab_size, hidden_size=config.hidden_size,
+                      intermediate_size=config.intermediate_size, n_heads=config.n_heads,
+                      n_kv_heads=config.n_kv_heads, n_layers=config.n_layers, max_seq_len=config.seq_len)
+
+
+def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The paper's schedule: lr = 0 at step 0, linear to 1 at `warmup`, cosine to `min_ratio` at `total`."""
+    if step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model: Llama, data: Any, device: torch.device) -> float:
+    """Token-weighted mean validation loss (the paper's code averages batch means over n+1 batches)."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in data.val_batches():
+        n = int((y != -100).sum())
+        total += float(model.loss(x.to(device), y.to(device))) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+class Trainer:
+    """One run of the llm task; `build_model` is swappable so llm4bit can quantize the linears."""
+
+    def __init__(self, run: Any, recorder: Any, data: Any,
+                 build_model: Callable[[LlamaShape], torch.nn.Module] = Llama):
+        self.run, self.recorder, self.data = run, recorder, data
+        self.config: LLMConfig = run.config
+        self.device = torch.device(run.spec.device)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        torch.manual_seed(run.spec.seed)
+        np.random.seed(run.spec.seed)
+        random.seed(run.spec.seed)
+        self.model = build_model(model_shape(self.config, data.vocab_size)).to(self.device, DTYPES[self.config.dtype])
+        self.optimizer = run.make_optimizer(self.model, self.model.model_info(), lr=self.config.lr)
+        c = self.config
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
+        self.grad_clip = c.grad_clip if c.grad_clip is not None else run.optimizer.grad_clip
+        self.step = 0
+        self.val_loss = float("nan")
+        self.diverged_step: int | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "val_loss": self.val_loss,
+                "rng": rng_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.val_loss = state["step"], state["val_loss"]
+        set_rng_state(state["rng"])
+
+    def train_step(self) -> tuple[float, float]:
+        """One update (with accumulation); returns (loss, grad norm before clipping)."""
+        c = self.config
+        x, y = self.data.train_batch(self.step)
+        n_micro = c.batch_size // c.micro_batch
+        loss_sum = 0.0
+        for i in range(n_micro):
+            xs = x[i * c.micro_batch:(i + 1) * c.micro_batch].to(self.device)
+            ys = y[i * c.micro_batch:(i + 1) * c.micro_batch].to(self.device)
+            loss = self.model.loss(xs, ys) / n_micro
+            loss.backward()
+            loss_sum += float(loss.detach())
+        norm = float(grad_global_norm(self.model.parameters()))
+        if self.grad_clip is not None and math.isfinite(norm):
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if math.isfinite(loss_sum):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss_sum, norm
+
+    def fit(self) -> dict[str, Any]:
+        c, rec = self.config, self.recorder
+        state = rec.load_checkpoint()
+        if state is not None:
+            self.restore(state)
+        tokens_per_step = c.batch_size * c.seq_len
+        start_step, t0 = self.step, time.perf_counter()
+        bar = tqdm(total=c.steps, initial=self.step, desc=f"llm {self.run.spec.optimizer}", unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        with deferred_interrupt() as stop:
+            while self.step < c.steps:
+                lr = self.scheduler.get_last_lr()[0]
+                loss, norm = self.train_step()
+                self.step += 1
+                rec.log(self.step, "train", {"loss": loss, "lr": lr, "grad_norm": norm})
+                if not math.isfinite(loss):
+                    self.diverged_step = self.step
+                    break
+                if self.step % c.eval_every == 0 or self.step == c.steps:
+                    self.val_loss = evaluate(self.model, self.data, self.device)
+                    rec.log(self.step, "val", {"loss": self.val_loss, "ppl": _ppl(self.val_loss)})
+                    if not math.isfinite(self.val_loss):
+                        self.diverged_step = self.step
+                        break
+                tok_s = (self.step - start_step) * tokens_per_step / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", val_ppl=f"{_ppl(self.val_loss):.2f}", refresh=False)
+                if stop.requested or self.step % c.checkpoint_every == 0:
+                    rec.save_checkpoint(self.state())
+                if stop.requested:
+                    bar.close()
+                    raise KeyboardInterrupt
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        return {
+            "status": "diverged" if self.diverged_step is not None else "complete",
+            "diverged_step": self.diverged_step,
+            "value": None if self.diverged_step is not None else _ppl(self.val_loss),
+            "val_loss": self.val_loss,
+            "steps": self.step,
+            "tokens": self.step * tokens_per_step,
+            "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None,
+            "n_params": count_parameters(self.model),
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "grad_clip": self.grad_clip,
+        }
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if math.isfinite(loss) and loss < 700 else float("inf") if math.isfinite(loss) else float("nan")
