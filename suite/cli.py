@@ -72,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     metric, value = summary["primary_metric"], summary.get("value")
-    shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
     status = "already complete" if cached else summary["status"]
     extra = f" at step {summary['diverged_step']}" if summary.get("diverged_step") else ""
     speed = summary.get("tokens_per_s")

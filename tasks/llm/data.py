@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import datasets
+from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
 from tokenizers import Tokenizer
@@ -107,7 +108,7 @@ class C4Data:
             ds = datasets.load_dataset("allenai/c4", "en", split=split, streaming=True)
         if split == "train":
             ds = ds.shuffle(seed=self.shuffle_seed)
-        return datasets.distributed.split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+        return split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
 
     def _texts(self, split: str, skip: int) -> Iterator[list[str]]:
         ds = self._split(split)

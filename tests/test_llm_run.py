@@ -1,0 +1,110 @@
+"""The llm task end to end on the real tiny corpus: training, the store, resume, divergence."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import small_llm_sets
+from reports.summary import write_report
+from suite.cli import main
+from suite.results import read_json, read_metrics
+
+
+def _run(out_dir, *sets, opt="adamw", extra=()):
+    argv = ["run", "--task", "llm", "--opt", opt, "--out", str(out_dir), *extra]
+    for s in sets:
+        argv += ["--set", s]
+    return main(argv)
+
+
+def _only_run_dir(out_dir):
+    (run_dir,) = (out_dir / "runs" / "llm").iterdir()
+    return run_dir
+
+
+def _curve(run_dir):
+    return [(m["step"], m["split"], m["name"], m["value"]) for m in read_metrics(run_dir)]
+
+
+def test_tiny_run_trains_and_writes_a_complete_run_folder(out_dir, capsys):
+    assert _run(out_dir, *small_llm_sets()) == 0
+    run_dir = _only_run_dir(out_dir)
+    assert {p.name for p in run_dir.iterdir()} >= {"spec.json", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "complete" and summary["steps"] == 30
+    assert summary["primary_metric"] == "val_ppl" and summary["direction"] == "min"
+    train = [v for _, split, name, v in _curve(run_dir) if split == "train" and name == "loss"]
+    assert len(train) == 30 and sum(train[-5:]) / 5 < sum(train[:5]) / 5 - 0.5  # the loss clearly falls
+    assert summary["value"] < 2048  # better than a uniform guess over the vocabulary
+    # AdamW keeps fp32 m and v per parameter, plus a 4-byte step per tensor (12 tensors in a 1-layer model)
+    assert summary["optimizer_state_bytes"] == 2 * 4 * summary["n_params"] + 4 * (3 + 9 * 1)
+    assert summary["peak_memory_bytes"] > 0 and summary["tokens_per_s"] > 0
+    spec = read_json(run_dir / "spec.json")
+    assert spec["task_config"]["steps"] == 30 and spec["optimizer_config"]["eps"] == 1e-8
+    assert "val_ppl = " in capsys.readouterr().out
+
+
+def test_a_complete_run_is_not_recomputed_unless_forced(out_dir, capsys):
+    assert _run(out_dir, *small_llm_sets(steps=10)) == 0
+    run_dir = _only_run_dir(out_dir)
+    first = (run_dir / "summary.json").read_text()
+    assert _run(out_dir, *small_llm_sets(steps=10)) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (run_dir / "summary.json").read_text() == first
+    assert _run(out_dir, *small_llm_sets(steps=10), extra=["--force"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["value"] == json.loads(first)["value"]
+
+
+def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(out_dir):
+    assert _run(out_dir, *small_llm_sets(lr=1e30, lr_warmup_steps=0)) == 0
+    summary = read_json(_only_run_dir(out_dir) / "summary.json")
+    assert summary["status"] == "diverged" and summary["value"] is None
+    assert 1 <= summary["diverged_step"] < 30
+    markdown, _ = write_report(out_dir)
+    assert "| adamw | – | – | 1 | 1 |" in markdown
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    sets = small_llm_sets(steps=80, eval_every=20)
+    straight = tmp_path / "straight"
+    assert _run(straight, *sets) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "suite.cli", "run", "--task", "llm", "--opt", "adamw", "--out", str(killed)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(killed.glob("runs/llm/*/metrics.jsonl"))
+        if found and found[0].stat().st_size and any(
+                json.loads(line)["step"] >= 23 for line in found[0].read_text().splitlines()[-3:] if line.endswith("}")):
+            metrics = found[0]
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert metrics is not None, "the run finished before it could be killed; make it longer"
+    run_dir = metrics.parent
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+
+    assert _run(killed, *sets) == 0
+    a, b = read_json(_only_run_dir(straight) / "summary.json"), read_json(run_dir / "summary.json")
+    assert a["value"] == b["value"] and a["val_loss"] == b["val_loss"] and b["steps"] == 80
+    assert _curve(_only_run_dir(straight)) == _curve(run_dir)
+
+
+def test_report_summarises_seeds_per_optimizer(out_dir):
+    for seed in ("0", "1"):
+        assert _run(out_dir, *small_llm_sets(steps=10), extra=["--seed", seed]) == 0
+    markdown, report_dir = write_report(out_dir)
+    assert "## llm (tiny;" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| adamw |"))
+    assert row.split("|")[4].strip() == "2"  # two seeds
+    import pandas as pd
+
+    long = pd.read_parquet(report_dir / "results.parquet")
+    assert set(long["seed"]) == {0, 1} and {"train", "val", "final"} <= set(long["split"])
