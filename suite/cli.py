@@ -68,8 +68,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         summary, run_dir, cached = execute(run, store, force=args.force)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: checkpoint saved; run the same command again to resume ({run.spec.run_id})",
-              file=sys.stderr)
+        saved = (store.run_dir(run.spec.task, run.spec.run_id) / "checkpoint.pt").exists()
+        where = "from its checkpoint" if saved else "(no checkpoint yet: it starts over)"
+        print(f"\ninterrupted: run the same command again to resume {run.spec.run_id} {where}", file=sys.stderr)
         return 130
     metric, value = summary["primary_metric"], summary.get("value")
     shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"

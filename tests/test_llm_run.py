@@ -108,3 +108,22 @@ def test_report_summarises_seeds_per_optimizer(out_dir):
 
     long = pd.read_parquet(report_dir / "results.parquet")
     assert set(long["seed"]) == {0, 1} and {"train", "val", "final"} <= set(long["split"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    sets = small_llm_sets(steps=400, checkpoint_every=1000)  # only the interrupt can write a checkpoint
+    cmd = [sys.executable, "-m", "suite.cli", "run", "--task", "llm", "--opt", "adamw", "--out", str(tmp_path)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.stat().st_size for p in tmp_path.glob("runs/llm/*/metrics.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume" in err and "from its checkpoint" in err and "Traceback" not in err
+    run_dir = _only_run_dir(tmp_path)
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    steps = {m["step"] for m in read_metrics(run_dir)}
+    assert 0 < max(steps) < 400
