@@ -8,15 +8,14 @@ the future (model, optimizer, schedule, step, RNG states), so a resumed run is b
 from __future__ import annotations
 
 import math
-import random
 import time
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from suite.interrupt import deferred_interrupt
+from suite.seeding import rng_state, seed_everything, set_rng_state
 from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
 from tasks.llm.config import LLMConfig
 from tasks.llm.model import Llama, LlamaShape, count_parameters
@@ -36,19 +35,6 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
         return step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
@@ -74,9 +60,7 @@ class Trainer:
         self.device = torch.device(run.spec.device)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        torch.manual_seed(run.spec.seed)
-        np.random.seed(run.spec.seed)
-        random.seed(run.spec.seed)
+        seed_everything(run.spec.seed)
         self.model = build_model(model_shape(self.config, data.vocab_size)).to(self.device, DTYPES[self.config.dtype])
         self.optimizer = run.make_optimizer(self.model, self.model.model_info(), lr=self.config.lr)
         c = self.config
