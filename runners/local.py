@@ -13,14 +13,15 @@ from suite.resolve import ResolvedRun
 from suite.results import SUMMARY, RunRecorder, RunStore, read_json
 
 
-def execute(run: ResolvedRun, store: RunStore, *, force: bool = False) -> tuple[dict[str, Any], Path, bool]:
+def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,
+            recorder_cls: type[RunRecorder] = RunRecorder) -> tuple[dict[str, Any], Path, bool]:
     """Run (or resume) one spec; returns (summary, run folder, whether it was already complete)."""
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
     if force:
         RunStore.discard(run_dir)
     elif RunStore.is_complete(run_dir):
         return read_json(run_dir / SUMMARY), run_dir, True
-    recorder = RunRecorder(run_dir, run.record())
+    recorder = recorder_cls(run_dir, run.record())
     try:
         result = run.task.run(run, recorder)
         summary = {

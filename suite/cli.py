@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     run.add_argument("--force", action="store_true", help="discard an existing run folder and start over")
 
+    sw = sub.add_parser("sweep", help="optimizers x seeds x grid on Ray Tune (embedded, or a cluster with --address)")
+    sw.add_argument("--task", required=True)
+    sw.add_argument("--opt", required=True, help="comma-separated optimizers, e.g. spam,adamw")
+    sw.add_argument("--seeds", default="0", help="seed ranges and lists, e.g. 0-4 or 0,2,5-7")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (task key or opt.KEY); repeatable")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run; repeatable")
+    sw.add_argument("--scale", default="tiny")
+    sw.add_argument("--device", default="cpu")
+    sw.add_argument("--address", help="join an existing Ray cluster (host:port, ray://host:port or auto)")
+    sw.add_argument("--cpus-per-trial", default="1", help="CPUs reserved per trial (also its torch threads)")
+    sw.add_argument("--gpus-per-trial", default="0", help="whole GPUs per trial (CUDA runs get at least 1)")
+    sw.add_argument("--max-concurrent", default=None, help="at most this many trials at once")
+    sw.add_argument("--max-failures", default="2", help="retries per crashing trial (from its checkpoint)")
+    sw.add_argument("--name", help="experiment name (default: derived from the runs, so re-running finds it)")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    sw.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
+
     rep = sub.add_parser("report", help="summarise every complete run")
     rep.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
 
@@ -81,6 +98,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{run.spec.task} {run.spec.optimizer} seed {run.spec.seed}: {metric} = {shown} ({status}{extra}; "
           f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {run_dir}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from suite.config import coerce
+    from suite.results import RunStore
+    from suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
+
+    runs = expand(task=args.task, optimizers=parse_list(args.opt, "opt"), seeds=parse_seeds(args.seeds),
+                  grid=parse_grid(args.grid), sets=parse_assignments(args.set), scale=args.scale, device=args.device)
+    cpus = coerce("cpus-per-trial", args.cpus_per_trial, float)
+    gpus = coerce("gpus-per-trial", args.gpus_per_trial, int)
+    max_conc = coerce("max-concurrent", args.max_concurrent, int | None)
+    max_fail = coerce("max-failures", args.max_failures, int)
+    for name, value, low in (("cpus-per-trial", cpus, 0.0), ("gpus-per-trial", gpus, 0), ("max-failures", max_fail, 0)):
+        if value < low or (name == "cpus-per-trial" and value <= 0):
+            raise ConfigError(name, value, f"a number {'> 0' if name == 'cpus-per-trial' else '>= 0'}")
+    if max_conc is not None and max_conc < 1:
+        raise ConfigError("max-concurrent", max_conc, "an int >= 1")
+    from runners.ray_tune import SweepOptions, check_address, sweep
+
+    if args.address:
+        check_address(args.address)
+    store = RunStore(out_root(args.out))
+    pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
+    print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
+    if not pending and not args.resume:
+        return 0
+    options = SweepOptions(name=args.name or sweep_name(runs), out=out_root(args.out), address=args.address,
+                           cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=max_conc,
+                           max_failures=max_fail, resume=args.resume)
+    results = sweep(pending, options)
+    failed = [r for r in results if r.get("error")]
+    for r in results:
+        print(f"  {r.get('run_id', '?')}: {r.get('status', 'error')} {r.get('value', '')} {r.get('error') or ''}".rstrip())
+    print(f"sweep {options.name}: {len(results) - len(failed)} trials finished, {len(failed)} failed; "
+          f"results in {store.root / 'runs' / args.task}")
+    return 1 if failed else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -125,12 +179,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf, "fetch-data": _cmd_fetch}
+COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf, "fetch-data": _cmd_fetch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "run" and args.device == "cpu":
+    if args.command in ("run", "sweep") and args.device == "cpu":
         # The tiny scale never needs the hub; fail in a second instead of retrying for half a minute.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

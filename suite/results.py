@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from suite.config import json_ready
+from suite.faults import maybe_crash
 
 SUMMARY, SPEC, METRICS, CHECKPOINT = "summary.json", "spec.json", "metrics.jsonl", "checkpoint.pt"
 
@@ -100,6 +101,7 @@ class RunRecorder:
         )
         self._metrics.write(lines)
         self._metrics.flush()
+        maybe_crash(step, self.dir)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self._metrics.flush()

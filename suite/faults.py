@@ -1,0 +1,31 @@
+"""Injected faults, for testing that runners survive crashes (chaos testing, like a fuzzer for runners).
+
+Set SPAMBENCH_CRASH_ONCE="<step>:<marker folder>" and every run raises `InjectedFault` the first
+time it logs a metric at or after <step>; a marker file per run makes the fault happen once, so a
+retry (from the run's checkpoint) completes. Unset, this costs one dictionary lookup per log call.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "SPAMBENCH_CRASH_ONCE"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by SPAMBENCH_CRASH_ONCE."""
+
+
+def maybe_crash(step: int, run_dir: Path) -> None:
+    setting = os.environ.get(ENV)
+    if not setting:
+        return
+    at, _, marker_dir = setting.partition(":")
+    if step < int(at):
+        return
+    marker = Path(marker_dir) / f"{run_dir.name}.crashed"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{step}\n")
+    raise InjectedFault(f"injected fault at step {step} in {run_dir.name} ({ENV})")
