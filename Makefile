@@ -13,15 +13,20 @@ OPT ?= adamw
 SEED ?= 0
 SCALE ?= tiny
 SET ?=
+OPTS ?= adamw,spam
+SEEDS ?= 0-2
+GRID ?=
+SWEEP_ARGS ?=
 OUT ?=
 OUT_FLAG := $(if $(OUT),--out $(OUT),)
 SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
+GRID_FLAGS := $(foreach kv,$(GRID),--grid $(kv))
 
 # Hub lookups fail offline; make them fail in a second rather than after retries.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench report perf test lint clean-venv
+.PHONY: setup bench sweep report perf test clean-venv
 
 setup: $(STAMP)
 
@@ -37,6 +42,10 @@ $(STAMP): pyproject.toml
 
 bench: $(STAMP)
 	$(BIN)/spambench run --task $(TASK) --opt $(OPT) --seed $(SEED) --scale $(SCALE) $(SET_FLAGS) $(OUT_FLAG)
+
+# e.g. make sweep TASK=llm OPTS=spam,adamw SEEDS=0-4 GRID='lr=1e-3,3e-3' SWEEP_ARGS='--address auto'
+sweep: $(STAMP)
+	$(BIN)/spambench sweep --task $(TASK) --opt $(OPTS) --seeds $(SEEDS) --scale $(SCALE) $(GRID_FLAGS) $(SET_FLAGS) $(OUT_FLAG) $(SWEEP_ARGS)
 
 report: $(STAMP)
 	$(BIN)/spambench report $(OUT_FLAG)

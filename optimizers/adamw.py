@@ -12,6 +12,7 @@ import torch
 from suite.config import param
 from suite.model_info import ModelInfo
 from suite.registry import OptimizerSpec
+from suite.tuning import Dist
 
 
 @dataclass
@@ -37,4 +38,5 @@ SPEC = OptimizerSpec(
     config_cls=AdamWConfig,
     description="torch.optim.AdamW (fused where available)",
     reference="torch 2.13 torch.optim.AdamW",
+    search_space={"lr": Dist(1e-4, 1e-2, log=True), "opt.beta2": Dist(0.95, 0.999)},
 )

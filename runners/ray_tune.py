@@ -31,6 +31,8 @@ class SweepOptions:
     max_concurrent: int | None = None
     max_failures: int = 2
     resume: bool = False
+    # Early stopping (tuning only): ASHA on the task's primary metric, counted in steps.
+    asha: tuple[str, str, int] | None = None  # (metric, "min" | "max", max steps)
 
 
 def check_address(address: str, timeout: float = 3.0) -> None:
@@ -51,7 +53,15 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 
 
 class TuneRecorder(RunRecorder):
-    """A RunRecorder that also tells Tune about each checkpoint (a pointer into the store)."""
+    """A RunRecorder that streams evaluation metrics to Tune (`<split>_<name>`, e.g. val_ppl, for
+    schedulers such as ASHA) and announces each checkpoint as a pointer into the store."""
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        super().log(step, split, metrics)
+        if split != "train":
+            from ray import tune
+
+            tune.report({"step": step, "run_id": self.dir.name, **{f"{split}_{k}": float(v) for k, v in metrics.items()}})
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         super().save_checkpoint(state)
@@ -59,7 +69,8 @@ class TuneRecorder(RunRecorder):
 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.dir), "step": state.get("step")}))
-            tune.report({"step": state.get("step"), "done": False}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({"step": state.get("step"), "run_id": self.dir.name, "done": False},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -88,6 +99,8 @@ def _trial(config: dict[str, Any]) -> None:
 def _init_ray(options: SweepOptions) -> None:
     import ray
 
+    # Checkpoint reports carry no evaluation metric; schedulers skip them instead of failing the trial.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
         _require_shared_store(options.out)
@@ -147,10 +160,19 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             specs = [{"spec": r.spec.canonical(), "out": str(options.out), "cpus": options.cpus_per_trial} for r in runs]
+            scheduler = None
+            if options.asha:
+                from ray.tune.schedulers import ASHAScheduler
+
+                metric, mode, steps = options.asha
+                # max_t one past the budget: ASHA stops trials that reach max_t, and a trial that
+                # reached the full budget must live to write its summary.
+                scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=steps + 1,
+                                          grace_period=max(1, steps // 9), reduction_factor=3)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial": tune.grid_search(specs)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent,
+                tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, scheduler=scheduler,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(name=options.name, storage_path=str(storage), verbose=1,
                                           failure_config=tune.FailureConfig(max_failures=options.max_failures)),

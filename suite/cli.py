@@ -1,4 +1,4 @@
-"""`spambench`: run | report | list | perf | fetch-data.
+"""`spambench`: run | sweep | tune | report | list | perf | fetch-data.
 
 Every user error (unknown name, bad value, malformed flag) prints ONE line naming the field, the
 value and what is allowed, exits with status 2, and writes nothing.
@@ -10,12 +10,16 @@ import importlib
 import math
 import os
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from suite.config import field_docs, parse_assignments
 from suite.errors import ConfigError
 from suite.paths import out_root
 from suite.registry import OPTIMIZERS, TASKS
+
+if TYPE_CHECKING:
+    from runners.ray_tune import SweepOptions
 
 EXIT_USAGE = 2
 
@@ -26,6 +30,17 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"spambench: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def _ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join an existing Ray cluster (host:port, ray://host:port or auto)")
+    p.add_argument("--cpus-per-trial", default="1", help="CPUs reserved per trial (also its torch threads)")
+    p.add_argument("--gpus-per-trial", default="0", help="whole GPUs per trial (CUDA runs get at least 1)")
+    p.add_argument("--max-concurrent", default=None, help="at most this many trials at once")
+    p.add_argument("--max-failures", default="2", help="retries per crashing trial (from its checkpoint)")
+    p.add_argument("--name", help="experiment name (default: derived from the runs, so re-running finds it)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    p.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,14 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run; repeatable")
     sw.add_argument("--scale", default="tiny")
     sw.add_argument("--device", default="cpu")
-    sw.add_argument("--address", help="join an existing Ray cluster (host:port, ray://host:port or auto)")
-    sw.add_argument("--cpus-per-trial", default="1", help="CPUs reserved per trial (also its torch threads)")
-    sw.add_argument("--gpus-per-trial", default="0", help="whole GPUs per trial (CUDA runs get at least 1)")
-    sw.add_argument("--max-concurrent", default=None, help="at most this many trials at once")
-    sw.add_argument("--max-failures", default="2", help="retries per crashing trial (from its checkpoint)")
-    sw.add_argument("--name", help="experiment name (default: derived from the runs, so re-running finds it)")
-    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
-    sw.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
+    sw.add_argument("--from-tuning", action="store_true", help="use each optimizer's best configuration from `spambench tune`")
+    _ray_flags(sw)
+
+    tn = sub.add_parser("tune", help="the same number of quasi-random trials per optimizer from its search space (ASHA)")
+    tn.add_argument("--task", required=True)
+    tn.add_argument("--opt", required=True, help="comma-separated optimizers")
+    tn.add_argument("--trials", default="8", help="trials per optimizer")
+    tn.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every trial; repeatable")
+    tn.add_argument("--scale", default="tiny")
+    tn.add_argument("--device", default="cpu")
+    _ray_flags(tn)
 
     rep = sub.add_parser("report", help="summarise every complete run")
     rep.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
@@ -100,41 +118,76 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+def _ray_options(args: argparse.Namespace, out: Path, name: str) -> "SweepOptions":
+    """Validate the Ray flags (one-line errors) and check the cluster address, before Ray starts."""
+    from runners.ray_tune import SweepOptions, check_address
     from suite.config import coerce
-    from suite.results import RunStore
-    from suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
 
-    runs = expand(task=args.task, optimizers=parse_list(args.opt, "opt"), seeds=parse_seeds(args.seeds),
-                  grid=parse_grid(args.grid), sets=parse_assignments(args.set), scale=args.scale, device=args.device)
     cpus = coerce("cpus-per-trial", args.cpus_per_trial, float)
     gpus = coerce("gpus-per-trial", args.gpus_per_trial, int)
     max_conc = coerce("max-concurrent", args.max_concurrent, int | None)
     max_fail = coerce("max-failures", args.max_failures, int)
-    for name, value, low in (("cpus-per-trial", cpus, 0.0), ("gpus-per-trial", gpus, 0), ("max-failures", max_fail, 0)):
-        if value < low or (name == "cpus-per-trial" and value <= 0):
-            raise ConfigError(name, value, f"a number {'> 0' if name == 'cpus-per-trial' else '>= 0'}")
+    if cpus <= 0:
+        raise ConfigError("cpus-per-trial", cpus, "a number > 0")
+    if gpus < 0 or max_fail < 0:
+        raise ConfigError("gpus-per-trial" if gpus < 0 else "max-failures", min(gpus, max_fail), "an int >= 0")
     if max_conc is not None and max_conc < 1:
         raise ConfigError("max-concurrent", max_conc, "an int >= 1")
-    from runners.ray_tune import SweepOptions, check_address, sweep
-
     if args.address:
         check_address(args.address)
-    store = RunStore(out_root(args.out))
+    return SweepOptions(name=args.name or name, out=out, address=args.address, cpus_per_trial=cpus,
+                        gpus_per_trial=gpus, max_concurrent=max_conc, max_failures=max_fail, resume=args.resume)
+
+
+def _print_trials(results: list[dict], name: str, where: Path) -> int:
+    failed = [r for r in results if r.get("error")]
+    for r in results:
+        print(f"  {r.get('run_id', '?')}: {r.get('status', 'stopped early' if not r.get('error') else 'error')} "
+              f"{r.get('value', '')} {r.get('error') or ''}".rstrip())
+    print(f"{name}: {len(results) - len(failed)} trials finished, {len(failed)} failed; results in {where}")
+    return 1 if failed else 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from suite.results import RunStore
+    from suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
+    from suite.tuning import load_best
+
+    out = out_root(args.out)
+    optimizers = parse_list(args.opt, "opt")
+    tuned = {o: load_best(out, args.task, args.scale, o) for o in optimizers} if args.from_tuning else None
+    runs = expand(task=args.task, optimizers=optimizers, seeds=parse_seeds(args.seeds), grid=parse_grid(args.grid),
+                  sets=parse_assignments(args.set), scale=args.scale, device=args.device, opt_sets=tuned)
+    options = _ray_options(args, out, sweep_name(runs))
+    store = RunStore(out)
     pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
     if not pending and not args.resume:
         return 0
-    options = SweepOptions(name=args.name or sweep_name(runs), out=out_root(args.out), address=args.address,
-                           cpus_per_trial=cpus, gpus_per_trial=gpus, max_concurrent=max_conc,
-                           max_failures=max_fail, resume=args.resume)
-    results = sweep(pending, options)
-    failed = [r for r in results if r.get("error")]
-    for r in results:
-        print(f"  {r.get('run_id', '?')}: {r.get('status', 'error')} {r.get('value', '')} {r.get('error') or ''}".rstrip())
-    print(f"sweep {options.name}: {len(results) - len(failed)} trials finished, {len(failed)} failed; "
-          f"results in {store.root / 'runs' / args.task}")
-    return 1 if failed else 0
+    from runners.ray_tune import sweep
+
+    return _print_trials(sweep(pending, options), options.name, store.root / "runs" / args.task)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from runners.ray_tune import sweep
+    from suite.config import coerce
+    from suite.sweep import parse_list, sweep_name
+    from suite.tuning import plan_trials, save_best_trials, tuning_store
+
+    out = out_root(args.out)
+    trials = coerce("trials", args.trials, int)
+    if trials < 1:
+        raise ConfigError("trials", trials, "an int >= 1")
+    runs, drawn = plan_trials(task=args.task, optimizers=parse_list(args.opt, "opt"), trials=trials,
+                              sets=parse_assignments(args.set), scale=args.scale, device=args.device)
+    options = _ray_options(args, tuning_store(out), "tune-" + sweep_name(runs)[len("sweep-"):])
+    options.asha = (runs[0].task.primary_metric, runs[0].task.direction, runs[0].config.steps)
+    code = _print_trials(sweep(runs, options), options.name, tuning_store(out))
+    for line, ok in save_best_trials(out, runs, drawn, trials):
+        print(line)
+        code = code if ok else 1
+    return code
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -179,12 +232,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf, "fetch-data": _cmd_fetch}
+COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf, "fetch-data": _cmd_fetch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("run", "sweep") and args.device == "cpu":
+    if args.command in ("run", "sweep", "tune") and args.device == "cpu":
         # The tiny scale never needs the hub; fail in a second instead of retrying for half a minute.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -16,6 +16,7 @@ import torch
 from suite.config import build_config
 from suite.errors import ConfigError
 from suite.model_info import ModelInfo
+from suite.tuning import Dist
 
 T = TypeVar("T")
 
@@ -37,6 +38,8 @@ class OptimizerSpec:
     reference: str = ""
     # Global-norm clipping the task applies before step() (e.g. "Adam + GradClip"); None = off.
     grad_clip: float | None = None
+    # What `spambench tune` searches: `--set` keys (task `lr`, or `opt.<field>`) -> ranges.
+    search_space: Mapping[str, Dist] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())

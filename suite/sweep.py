@@ -44,14 +44,18 @@ def parse_list(text: str, field: str) -> list[str]:
 
 
 def expand(*, task: str, optimizers: list[str], seeds: list[int], grid: Mapping[str, list[str]],
-           sets: Mapping[str, str] | None = None, scale: str = "tiny", device: str = "cpu") -> list[ResolvedRun]:
-    """Every combination, resolved (so any bad value fails here, with one line, before Ray starts)."""
+           sets: Mapping[str, str] | None = None, scale: str = "tiny", device: str = "cpu",
+           opt_sets: Mapping[str, Mapping[str, str]] | None = None) -> list[ResolvedRun]:
+    """Every combination, resolved (so any bad value fails here, with one line, before Ray starts).
+
+    `opt_sets` adds per-optimizer values (the tuned configuration of `--from-tuning`).
+    """
     keys = sorted(grid)
     runs = []
     for opt, values in itertools.product(optimizers, itertools.product(*(grid[k] for k in keys))):
         for seed in seeds:
             runs.append(resolve(task=task, optimizer=opt, seed=seed, scale=scale, device=device,
-                                sets={**(sets or {}), **dict(zip(keys, values))}))
+                                sets={**(sets or {}), **(opt_sets or {}).get(opt, {}), **dict(zip(keys, values))}))
     return runs
 
 
