@@ -26,7 +26,7 @@ GRID_FLAGS := $(foreach kv,$(GRID),--grid $(kv))
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report perf test clean-venv
+.PHONY: setup bench sweep report perf perf-ray test clean-venv
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ report: $(STAMP)
 
 perf: $(STAMP)
 	$(BIN)/spambench perf
+
+# Ray Tune's overhead over the local runner (8 tiny trials).
+perf-ray: $(STAMP)
+	$(BIN)/python -m runners.overhead
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
