@@ -173,6 +173,7 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
                 trainable,
                 param_space={"trial": tune.grid_search(specs)},
                 tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, scheduler=scheduler,
+                                            reuse_actors=True,  # skip re-importing torch per trial
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(name=options.name, storage_path=str(storage), verbose=1,
                                           failure_config=tune.FailureConfig(max_failures=options.max_failures)),

@@ -10,6 +10,8 @@ Two sources with one interface (`train_batch(step)`, `val_batches()`):
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,11 +35,20 @@ def split_documents(files: list[Path], every: int) -> tuple[list[Path], list[Pat
 
 
 def _token_stream(files: list[Path], tok: Tokenizer) -> np.ndarray:
+    """The files' documents tokenized and joined with EOS; cached as .npy beside the tokenizer,
+    because tokenizing 5 MB costs seconds that every run (and every test) would pay again."""
+    key = hashlib.sha256((tok.to_str() + "|" + "|".join(f.name for f in files)).encode()).hexdigest()[:16]
+    cached = data_cache() / f"tokens-{key}.npy"
+    if cached.exists():
+        return np.load(cached)
     ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document",
                                split="train", cache_dir=str(data_cache() / "hf-datasets"))
     eos = tok.token_to_id(corpus.EOS)
-    ids = [np.asarray(enc.ids + [eos], dtype=np.int32) for enc in tok.encode_batch(ds["text"])]
-    return np.concatenate(ids)
+    ids = np.concatenate([np.asarray(enc.ids + [eos], dtype=np.int32) for enc in tok.encode_batch(ds["text"])])
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.npy")
+    np.save(tmp, ids)
+    os.replace(tmp, cached)
+    return ids
 
 
 @dataclass
