@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 from suite.config import param
 from suite.errors import ConfigError
+from suite.spike_config import SpikeFields
 
 
 @dataclass
-class LLMConfig:
+class LLMConfig(SpikeFields):
     # --- model (the paper's configs/llama_*.json) ---
     vocab_size: int = param(2048, "Vocabulary size (tiny: BPE trained on the corpus; paper: T5's 32000).", ge=16)
     hidden_size: int = param(128, "Model width.", ge=8)

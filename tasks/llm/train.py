@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from suite.interrupt import deferred_interrupt
 from suite.seeding import rng_state, seed_everything, set_rng_state
+from suite.spikes import SpikeInstruments
 from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
 from tasks.llm.config import LLMConfig
 from tasks.llm.model import Llama, LlamaShape, count_parameters
@@ -62,7 +63,9 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         seed_everything(run.spec.seed)
         self.model = build_model(model_shape(self.config, data.vocab_size)).to(self.device, DTYPES[self.config.dtype])
-        self.optimizer = run.make_optimizer(self.model, self.model.model_info(), lr=self.config.lr)
+        info = self.model.model_info()
+        self.optimizer = run.make_optimizer(self.model, info, lr=self.config.lr)
+        self.spikes = SpikeInstruments(self.model, info, self.config, seed=run.spec.seed)
         c = self.config
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
@@ -74,17 +77,18 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "val_loss": self.val_loss,
-                "rng": rng_state()}
+                "spikes": self.spikes.state_dict(), "rng": rng_state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.val_loss = state["step"], state["val_loss"]
+        self.spikes.load_state_dict(state["spikes"])
         set_rng_state(state["rng"])
 
-    def train_step(self) -> tuple[float, float]:
-        """One update (with accumulation); returns (loss, grad norm before clipping)."""
+    def train_step(self) -> tuple[float, dict[str, float]]:
+        """One update (with accumulation); returns (loss, metrics to log for this step)."""
         c = self.config
         x, y = self.data.train_batch(self.step)
         n_micro = c.batch_size // c.micro_batch
@@ -95,6 +99,8 @@ class Trainer:
             loss = self.model.loss(xs, ys) / n_micro
             loss.backward()
             loss_sum += float(loss.detach())
+        # Injection comes before clipping, so "Adam + GradClip" gets the chance to clip the spike.
+        metrics, injected = self.spikes.before_step(self.step + 1)
         norm = float(grad_global_norm(self.model.parameters()))
         if self.grad_clip is not None and math.isfinite(norm):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -102,7 +108,8 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return loss_sum, norm
+        metrics.update(self.spikes.after_step(self.step + 1, loss_sum, injected))
+        return loss_sum, {"grad_norm": norm, **metrics}
 
     def fit(self) -> dict[str, Any]:
         c, rec = self.config, self.recorder
@@ -116,9 +123,9 @@ class Trainer:
         with deferred_interrupt() as stop:
             while self.step < c.steps:
                 lr = self.scheduler.get_last_lr()[0]
-                loss, norm = self.train_step()
+                loss, metrics = self.train_step()
                 self.step += 1
-                rec.log(self.step, "train", {"loss": loss, "lr": lr, "grad_norm": norm})
+                rec.log(self.step, "train", {"loss": loss, "lr": lr, **metrics})
                 if not math.isfinite(loss):
                     self.diverged_step = self.step
                     break
@@ -150,6 +157,7 @@ class Trainer:
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "grad_clip": self.grad_clip,
+            **self.spikes.finish(rec.dir),
         }
 
 
