@@ -26,7 +26,7 @@ GRID_FLAGS := $(foreach kv,$(GRID),--grid $(kv))
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report perf perf-ray test clean-venv
+.PHONY: setup bench sweep report leaderboard perf perf-ray test clean-venv
 
 setup: $(STAMP)
 
@@ -49,6 +49,19 @@ sweep: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/spambench report $(OUT_FLAG)
+
+LEADERBOARD_SEEDS ?= 0-2
+LEADERBOARD_SWEEP_ARGS ?=
+# Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
+leaderboard: $(STAMP)
+	@status=0; \
+	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ {print $$1}' | paste -sd, -); \
+	for task in $$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); do \
+	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; \
+	  $(BIN)/spambench sweep --task $$task --opt $$opts --seeds $(LEADERBOARD_SEEDS) --scale tiny $(OUT_FLAG) $(LEADERBOARD_SWEEP_ARGS) || status=1; \
+	done; \
+	$(BIN)/spambench report $(OUT_FLAG) || status=1; \
+	exit $$status
 
 perf: $(STAMP)
 	$(BIN)/spambench perf

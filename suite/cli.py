@@ -78,8 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     tn.add_argument("--device", default="cpu")
     _ray_flags(tn)
 
-    rep = sub.add_parser("report", help="summarise every complete run")
+    rep = sub.add_parser("report", help="leaderboard (Markdown + HTML + plots) of every complete run")
     rep.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
+    rep.add_argument("--task", help="only these tasks (comma-separated)")
+    rep.add_argument("--opt", help="only these optimizers (comma-separated)")
+    rep.add_argument("--scale", help="only these scales (comma-separated)")
+    rep.add_argument("--since", help="only runs finished since an ISO date/time (2025-06-01) or within an age (7d, 12h)")
 
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
@@ -191,11 +195,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from reports.summary import write_report
+    from reports.build import write_leaderboard
 
-    markdown, report_dir = write_report(out_root(args.out))
+    markdown, report_dir = write_leaderboard(out_root(args.out), task=args.task, opt=args.opt, scale=args.scale,
+                                             since=args.since)
     print(markdown)
-    print(f"written: {report_dir / 'summary.md'}, {report_dir / 'results.parquet'}")
+    print(f"written: {report_dir}/ (leaderboard.md, leaderboard.html, summary.md, results.parquet, *.png)")
     return 0
 
 

@@ -1,0 +1,42 @@
+"""`spambench report`: the results store -> `<out>/report/`.
+
+Writes results.parquet (long format, every complete run that passes the filters), summary.md (the
+plain per-settings table), leaderboard.md, the figures (*.png) and leaderboard.html (the same
+content with the figures embedded). Reads only complete runs; writes nothing outside `<out>/report`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from reports import html, leaderboard
+from reports.summary import load_runs, select, summary_table, to_markdown
+from suite.results import RunStore
+
+
+def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None = None, scale: str | None = None,
+                      since: str | None = None, plots: bool = True) -> tuple[str, Path]:
+    """Write the report folder; returns (leaderboard Markdown, report folder).
+
+    Filters take comma-separated names; `since` an ISO date/datetime or an age (7d, 12h).
+    `plots=False` skips the figures (faster; the Markdown then links none)."""
+    out_root = Path(out_root)
+    runs, long = select(*load_runs(RunStore(out_root)), task=task, opt=opt, scale=scale, since=since)
+    report_dir = out_root / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for stale in report_dir.glob("*.png"):  # figures of problems that are filtered out now must not linger
+        stale.unlink()
+    long.to_parquet(report_dir / "results.parquet", index=False)
+    (report_dir / "summary.md").write_text(to_markdown(summary_table(runs)))
+
+    images: set[str] = set()
+    if plots and not runs.empty:
+        from reports import plots as figures  # matplotlib only when drawing
+
+        table = leaderboard.entries(runs)
+        images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
+    filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v)
+    blocks = leaderboard.build(runs, filters=filters, images=images)
+    markdown = leaderboard.to_markdown(blocks)
+    (report_dir / "leaderboard.md").write_text(markdown)
+    (report_dir / "leaderboard.html").write_text(html.render(blocks, report_dir))
+    return markdown, report_dir

@@ -1,0 +1,149 @@
+"""The leaderboard's figures (matplotlib, Agg, PNG): curves with confidence bands per problem, final-metric
+distributions per optimizer, and the performance profile. Never shows a window; writes only into the
+folder it is given and returns the file names it wrote.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reports import stats  # noqa: E402
+from reports.leaderboard import Across, problem_label, problem_slug  # noqa: E402
+
+MAX_POINTS = 200  # curves are averaged into at most this many step bins before banding: readable, fast
+DPI = 90
+
+
+def palette(optimizers: list[str]) -> dict[str, str]:
+    """One colour per optimizer for every figure of a report, so a colour means the same thing throughout."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {o: cycle[i % len(cycle)] for i, o in enumerate(sorted(optimizers))}
+
+
+def _entry_label(optimizer: str, recipe: str) -> str:
+    return optimizer if recipe == "defaults" else f"{optimizer} ({recipe})"
+
+
+def _binned(curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, seeds x bins) with steps grouped into at most MAX_POINTS bins (mean within a bin)."""
+    steps = curves.index.to_numpy(dtype=float)
+    if len(steps) > MAX_POINTS:
+        edges = np.linspace(steps.min(), steps.max(), MAX_POINTS + 1)
+        bins = np.clip(np.digitize(steps, edges) - 1, 0, MAX_POINTS - 1)
+        curves = curves.groupby(bins).mean()
+        steps = pd.Series(steps).groupby(bins).mean().to_numpy()
+    return steps, curves.to_numpy(dtype=float).T
+
+
+def _curve_panels(long: pd.DataFrame, metric: str) -> list[tuple[str, str, str]]:
+    """(split, name, title): the training loss and the logged curve of the primary metric, if it has >1 point."""
+    panels = []
+    if ((long.split == "train") & (long.name == "loss")).any():
+        panels.append(("train", "loss", "training loss"))
+    for (split, name), g in long[long.split.isin(set(long.split) - {"train", "final"})].groupby(["split", "name"]):
+        if f"{split}_{name}" == metric and g["step"].nunique() > 1:
+            panels.append((split, name, f"{metric} (during training)"))
+    return panels
+
+
+def curves(long: pd.DataFrame, entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str | None:
+    """One figure per problem: mean curve per entry over its complete seeds, with a 95% bootstrap band.
+
+    Diverged runs are left out here as in the tables (a curve that stops would bend the mean)."""
+    e0 = entries.iloc[0]
+    long = long[long.status == "complete"]
+    panels = _curve_panels(long, e0["metric"])
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 3.6), squeeze=False)
+    for ax, (split, name, title) in zip(axes[0], panels):
+        sel = long[(long.split == split) & (long.name == name)]
+        positive = True
+        for (optimizer, recipe), g in sel.groupby(["optimizer", "recipe"], sort=True):
+            table = g.pivot_table(index="step", columns="run_id", values="value", aggfunc="mean").sort_index()
+            steps, ys = _binned(table)
+            with warnings.catch_warnings():  # a bin where no seed logged is NaN, and stays a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(ys, axis=0)
+            lo, hi = stats.bootstrap_band(ys) if ys.shape[0] > 1 else (mean, mean)
+            c = colors[optimizer]
+            ax.plot(steps, mean, color=c, lw=1.4, label=f"{_entry_label(optimizer, recipe)} (n={ys.shape[0]})")
+            ax.fill_between(steps, lo, hi, color=c, alpha=0.2, lw=0)
+            positive &= bool(np.nanmin(ys) > 0) if np.isfinite(ys).any() else True
+        vals = sel["value"].astype(float)
+        vals = vals[np.isfinite(vals)]
+        if positive and len(vals) and vals.max() / vals.min() > 10:
+            ax.set_yscale("log")
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: mean over complete seeds, 95% bootstrap band", fontsize=10)
+    fig.tight_layout()
+    name = f"curves-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png"
+    fig.savefig(out / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
+    """Per entry: each seed's final value (dots), mean and 95% CI (bar); diverged seeds as red x on top."""
+    e0 = entries.iloc[0]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.1 * len(entries)), 3.6))
+    finite = [v for o in entries["outcomes"] for v in o if np.isfinite(v)]
+    top = (max(finite) if e0["direction"] == "min" else min(finite)) if finite else 1.0
+    for i, (_, e) in enumerate(entries.iterrows()):
+        vals = np.array(e["outcomes"], float)
+        ok = vals[np.isfinite(vals)]
+        jitter = np.linspace(-0.15, 0.15, len(ok)) if len(ok) > 1 else np.zeros(len(ok))
+        ax.scatter(i + jitter, ok, color=colors[e["optimizer"]], s=18, zorder=3)
+        if len(ok):
+            err = None if np.isnan(e["ci_lo"]) else [[e["mean"] - e["ci_lo"]], [e["ci_hi"] - e["mean"]]]
+            ax.errorbar([i + 0.3], [e["mean"]], yerr=err, fmt="D", color="black", ms=4, capsize=3, zorder=4)
+        for k in range(int(e["diverged"])):
+            ax.scatter([i + 0.1 * k], [top], marker="x", color="red", s=30, zorder=5)
+    ax.set_xticks(range(len(entries)), [_entry_label(o, r) for o, r in zip(entries["optimizer"], entries["recipe"])],
+                  rotation=20 if len(entries) > 4 else 0, fontsize=8)
+    better = "lower" if e0["direction"] == "min" else "higher"
+    ax.set(ylabel=f"{e0['metric']} ({better} is better)",
+           title=f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: final values (x = diverged)")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    name = f"final-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png"
+    fig.savefig(out / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def profile(a: Across, colors: dict[str, str], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for o in a.mean_rank.index:
+        ax.step(stats.TAU_GRID, a.profile[o], where="post", color=colors[o], lw=1.6,
+                label=f"{o} (score {stats.profile_score(a.profile[o]):.2f})")
+    ax.set(xlabel="τ (ratio to the best entry on a problem)", ylabel="fraction of problems", ylim=(-0.03, 1.03),
+           title=f"Performance profile over {len(a.problems)} problems")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "profile.png", dpi=DPI)
+    plt.close(fig)
+    return "profile.png"
+
+
+def write_all(long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, a: Across, out: Path) -> set[str]:
+    """Every figure of the report into `out`; returns the names written."""
+    long = long.merge(runs[["task", "run_id", "recipe", "problem"]], on=["task", "run_id"], how="left")
+    long = long.assign(value=pd.to_numeric(long["value"], errors="coerce"))  # null (non-finite) -> NaN
+    colors = palette(list(runs["optimizer"].unique()))
+    written = {profile(a, colors, out)}
+    for (task, scale, problem), g in table.groupby(["task", "scale", "problem"], sort=True):
+        sel = long[(long.task == task) & (long.scale == scale) & (long.problem == problem)]
+        written |= {n for n in (curves(sel, g, colors, out), finals(g, colors, out)) if n}
+    return written

@@ -1,0 +1,113 @@
+"""The statistics behind the leaderboard, each with its method stated where it is used.
+
+- Uncertainty of a mean over seeds: percentile bootstrap, 10,000 resamples, 95%, a fixed RNG seed
+  (so a report is reproducible byte for byte). With 3 seeds it spans roughly the seeds' range and
+  under-covers; it is what a reader can check, not a significance test.
+- Ranks within a problem: average ranks for ties (scipy's `rankdata`); entries with no finite
+  value (every seed diverged) share the last places.
+- Performance profile (AlgoPerf-style, Dolan & Moré): on each problem an optimizer's ratio to the
+  best is r = 1 + gap / |best|, gap = how much worse its mean is than the best mean (in the
+  metric's own direction). For a positive lower-is-better metric (perplexity, MSE) that is exactly
+  value / best. rho(tau) = fraction of problems with r <= tau; a missing or failed entry has r = inf.
+- Probability of improvement (Agarwal et al. 2021): P(X better than Y) for one run of each, ties
+  counting 1/2 (the Mann-Whitney U statistic over n*m), averaged over problems. A diverged run is
+  worse than every finite result.
+
+This module knows nothing about the results store or formatting.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+TAU_MAX = 2.0  # final-metric gaps are small; AlgoPerf's 4 is for time-to-target ratios
+TAU_GRID = np.linspace(1.0, TAU_MAX, 201)
+
+
+def sign(direction: str) -> float:
+    """+1 where lower is better, -1 where higher is better: `sign * value` is always a loss."""
+    if direction not in ("min", "max"):
+        raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
+    return 1.0 if direction == "min" else -1.0
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean; (nan, nan) below 2 values (no spread to resample)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, (resamples, x.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
+
+
+def bootstrap_band(curves: np.ndarray, resamples: int = 1000, seed: int = BOOTSTRAP_SEED,
+                   confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile-bootstrap CI of the mean of `curves` (seeds x steps), for plot bands.
+
+    Fewer resamples than the tables: a band is read by eye. NaN cells (a seed that stopped logging)
+    are left out of that column's mean."""
+    n = curves.shape[0]
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():  # all-NaN columns (no seed logged that step) are expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(curves[rng.integers(0, n, (resamples, n))], axis=1)
+        alpha = (1 - confidence) / 2
+        lo, hi = np.nanpercentile(means, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return lo, hi
+
+
+def ranks(means: Sequence[float], direction: str) -> np.ndarray:
+    """Rank 1 = best; ties get their average rank; NaN (failed) entries tie for the last places."""
+    loss = sign(direction) * np.asarray(means, dtype=float)
+    return rankdata(np.where(np.isnan(loss), np.inf, loss), method="average")
+
+
+def ratios(means: Mapping[str, float], direction: str) -> dict[str, float]:
+    """Each optimizer's performance ratio to the best on one problem (see the module docstring)."""
+    s = sign(direction)
+    finite = {k: v for k, v in means.items() if v is not None and np.isfinite(v)}
+    if not finite:
+        return {k: float("inf") for k in means}
+    best = min(finite.values(), key=lambda v: s * v)
+    scale = abs(best) if best != 0 else 1.0  # a best of exactly 0 leaves gaps unscaled
+    return {k: (1.0 + s * (v - best) / scale) if k in finite else float("inf") for k, v in means.items()}
+
+
+def performance_profile(ratio_table: Mapping[str, Mapping[str, float]], optimizers: Iterable[str],
+                        taus: np.ndarray = TAU_GRID) -> dict[str, np.ndarray]:
+    """rho_o(tau) over problems: {optimizer: fraction of problems with ratio <= tau, per tau}.
+
+    `ratio_table` is {problem: {optimizer: ratio}}; an optimizer absent from a problem counts as inf."""
+    problems = list(ratio_table)
+    out = {}
+    for o in optimizers:
+        r = np.array([ratio_table[p].get(o, np.inf) for p in problems], dtype=float)
+        out[o] = (r[None, :] <= taus[:, None]).mean(axis=1) if problems else np.zeros_like(taus)
+    return out
+
+
+def profile_score(rho: np.ndarray, taus: np.ndarray = TAU_GRID) -> float:
+    """Area under rho over [1, TAU_MAX], normalised to [0, 1] (AlgoPerf's benchmark score)."""
+    return float(np.trapezoid(rho, taus) / (taus[-1] - taus[0]))
+
+
+def probability_of_improvement(x: Sequence[float], y: Sequence[float], direction: str) -> float:
+    """P(a run of X beats a run of Y); NaN entries (diverged runs) lose to every finite value."""
+    s = sign(direction)
+    lx = np.where(np.isnan(np.asarray(x, float)), np.inf, s * np.asarray(x, float))
+    ly = np.where(np.isnan(np.asarray(y, float)), np.inf, s * np.asarray(y, float))
+    if lx.size == 0 or ly.size == 0:
+        return float("nan")
+    better = (lx[:, None] < ly[None, :]).mean()
+    tied = (lx[:, None] == ly[None, :]).mean()
+    return float(better + 0.5 * tied)
