@@ -1,0 +1,67 @@
+"""Spike instruments: the GSS formula, planted-spike counting, injection that ignores the optimizer."""
+import numpy as np
+import torch
+
+from suite.model_info import ModelInfo
+from suite.spikes import GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, gss, gss_spike_counts
+
+
+def test_gss_is_magnitude_over_the_mean_magnitude_of_the_whole_trajectory():
+    trace = np.array([[1.0, -2.0], [-3.0, 2.0], [2.0, 0.0], [2.0, -4.0]])
+    expected = np.abs(trace) / np.array([[(1 + 3 + 2 + 2) / 4, (2 + 2 + 0 + 4) / 4]])
+    np.testing.assert_allclose(gss(trace), expected)
+
+
+def test_spike_counting_finds_exactly_the_planted_spikes():
+    rng = np.random.default_rng(0)
+    trace = rng.uniform(0.5, 1.5, size=(400, 6))  # GSS of ordinary entries stays below 3
+    planted = {(10, 0), (200, 0), (33, 3), (399, 5)}
+    for step, col in planted:
+        trace[step, col] = 1e3 * np.sign(rng.standard_normal())
+    found = {tuple(x) for x in np.argwhere(gss(trace) > 50)}
+    assert found == planted
+    assert gss_spike_counts(trace, ["norm", "norm", "mlp", "mlp", "output", "output"]) == {"norm": 2, "mlp": 1, "output": 1}
+
+
+def _model_and_info():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 1))
+    info = ModelInfo(roles={"0.weight": "mlp", "0.bias": "bias", "1.weight": "output", "1.bias": "bias"})
+    return model, info
+
+
+def test_injection_hits_the_same_steps_and_entries_whatever_the_gradient():
+    injector = SpikeInjector(seed=3, step_fraction=0.2, entry_fraction=0.1, factor=1000.0)
+    steps = [s for s in range(1, 200) if injector.is_spike_step(s)]
+    assert 20 <= len(steps) <= 60
+    hits = []
+    for grad_value in (1.0, -0.5):  # two "optimizers" seeing different gradients
+        model, _ = _model_and_info()
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad_value)
+        assert injector.apply(steps[0], model.parameters())
+        hits.append([(p.grad.abs() > 1.0).nonzero().tolist() for p in model.parameters()])
+    assert hits[0] == hits[1] and any(hits[0])
+    assert not injector.apply(next(s for s in range(1, 200) if s not in steps), model.parameters())
+
+
+def test_telemetry_flags_a_gradient_norm_spike_in_its_role_only():
+    model, info = _model_and_info()
+    telemetry = GradientTelemetry(model, info, spike_ratio=10.0, samples_per_tensor=4, seed=0)
+    for step in range(30):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p) * (100.0 if step == 20 and p.shape == (16, 8) else 1.0)
+        metrics = telemetry.observe()
+        assert metrics["grad_spike/mlp"] == float(step == 20)
+        assert metrics["grad_spike/output"] == 0.0
+    assert np.stack(telemetry.records).shape == (30, 4 + 4 + 4 + 1)
+
+
+def test_loss_spike_is_k_times_the_running_median_and_recovery_is_counted():
+    detector = LossSpikeDetector(factor=2.0)
+    flags = [detector.observe(x) for x in [1.0] * 20 + [2.5, 1.0]]
+    assert flags == [False] * 20 + [True, False]
+    tracker = RecoveryTracker()
+    for step, (loss, injected) in enumerate([(1.0, False)] * 10 + [(5.0, True), (3.0, False), (1.04, False)]):
+        tracker.observe(step, loss, injected)
+    assert tracker.summary() == {"spikes_injected": 1, "spikes_unrecovered": 0, "recovery_steps_mean": 2.0}
