@@ -1,0 +1,29 @@
+"""`spikes`: a seconds-long stochastic problem with heavy-tailed noise and injected 1000x gradient
+spikes (SPAM.md §7.B.1), for ablations of SPAM's mechanisms and sweeps of its reset interval and
+threshold. Primary metric: the final full objective (lower is better); the summary adds the
+robustness score (final objective with injection / without) and the mean steps to recover.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.base import TaskBase
+from tasks.spikes.config import SpikesConfig
+
+
+class SpikesTask(TaskBase):
+    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+        from tasks.spikes.train import fit
+
+        return fit(run, recorder)
+
+
+TASK = SpikesTask(
+    name="spikes",
+    description="Noisy quadratic / logistic regression with injected 1000x gradient spikes (seconds on CPU)",
+    config_cls=SpikesConfig,
+    primary_metric="objective",
+    direction="min",
+    config_dir=Path(__file__).parent / "configs",
+)

@@ -1,0 +1,24 @@
+"""The `spikes` task's configuration: a small stochastic problem with heavy-tailed, injected spikes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suite.config import param
+from suite.spike_config import SpikeFields
+
+
+@dataclass
+class SpikesConfig(SpikeFields):
+    problem: str = param("quadratic", "quadratic (ill-conditioned, heavy-tailed gradient noise) or logistic regression.",
+                         choices=("quadratic", "logistic"))
+    dim: int = param(100, "Parameter dimension.", ge=2)
+    condition: float = param(100.0, "quadratic: ratio of the largest to the smallest curvature.", ge=1.0)
+    noise_scale: float = param(0.1, "quadratic: scale of the Student-t gradient noise.", ge=0.0)
+    noise_df: float = param(3.0, "quadratic: Student-t degrees of freedom (smaller = heavier tails).", gt=0.0)
+    n_train: int = param(4096, "logistic: training examples.", ge=16)
+    label_noise: float = param(0.05, "logistic: fraction of flipped labels.", ge=0.0, lt=0.5)
+    batch_size: int = param(32, "Examples per step (logistic).", ge=1)
+    steps: int = param(2000, "Optimizer steps; >= 1000 so SPAM's reset (every 500) happens.", ge=1)
+    lr: float = param(1e-2, "Constant learning rate.", gt=0.0)
+    eval_every: int = param(100, "Evaluate the full objective every this many steps.", ge=1)
+    with_clean_twin: bool = param(True, "Also train without injection, to report robustness = injected / clean.")
