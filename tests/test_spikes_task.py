@@ -1,0 +1,35 @@
+"""The `spikes` task end to end, and the SPAM ablations it exists for."""
+import pytest
+
+from suite.cli import main
+from suite.results import read_json
+
+
+def _run(out, opt, *sets):
+    argv = ["run", "--task", "spikes", "--opt", opt, "--out", str(out), "--set", "steps=600", "--set", "eval_every=200"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    (summary,) = [read_json(p) for p in out.glob("runs/spikes/*/summary.json")]
+    return summary
+
+
+def test_spikes_run_reports_robustness_against_its_clean_twin(out_dir):
+    s = _run(out_dir, "adamw")
+    assert s["status"] == "complete" and s["spikes_injected"] > 0
+    assert s["robustness"] == pytest.approx(s["value"] / s["clean_value"])
+    assert s["robustness"] > 1.0  # the injected spikes cost Adam something
+    assert sum(s["gss_spikes"].values()) > 0
+    assert (out_dir / "runs" / "spikes" / s["run_id"] / "grad_samples.npy").exists()
+
+
+def test_without_injection_there_is_no_twin(out_dir):
+    s = _run(out_dir, "adamw", "inject_step_fraction=0")
+    assert "robustness" not in s and "spikes_injected" not in s
+
+
+@pytest.mark.parametrize("ablation", ["opt.reset_interval=0", "opt.spike_threshold=0", "opt.warmup_steps=0", ""])
+def test_spam_ablations_run_end_to_end(tmp_path, ablation):
+    pytest.importorskip("optimizers.spam")
+    s = _run(tmp_path, "spam", *([ablation] if ablation else []), "steps=1100")
+    assert s["status"] == "complete" and s["steps"] == 1100
