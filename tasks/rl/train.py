@@ -1,0 +1,199 @@
+"""Train PPO with any registered optimizer, evaluate it, and checkpoint at rollout boundaries.
+
+SB3's `learn()` runs the loop. A callback marks each rollout boundary (after an update, before the
+next rollout), where this module logs the update's statistics, evaluates when due and checkpoints
+when due: the policy, the optimizer state, VecNormalize's statistics, the training envs' full
+simulator state, PPO's counters and last observation, and every RNG. A run resumed from a boundary
+is therefore bit-identical on CPU to one that never stopped.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
+
+from suite.interrupt import StopRequest, deferred_interrupt
+from suite.seeding import rng_state, seed_everything, set_rng_state
+from suite.telemetry import optimizer_state_bytes, peak_memory_bytes
+from tasks.rl.config import RLConfig
+from tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
+from tasks.rl.evaluate import curve_auc, evaluate
+from tasks.rl.ppo import ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info
+
+# What PPO carries from one rollout to the next (the rollout buffer is refilled from scratch).
+_PPO_STATE = ("num_timesteps", "_n_updates", "_episode_num", "_last_obs", "_last_episode_starts",
+              "_last_original_obs", "_current_progress_remaining")
+# SB3's logger keys of one update -> our metric names.
+_UPDATE_METRICS = {"train/loss": "loss", "train/policy_gradient_loss": "policy_loss",
+                   "train/value_loss": "value_loss", "train/entropy_loss": "entropy_loss",
+                   "train/approx_kl": "approx_kl", "train/clip_fraction": "clip_fraction",
+                   "train/explained_variance": "explained_variance", "train/std": "action_std",
+                   "train/learning_rate": "lr"}
+_RECENT_EPISODES = 10
+
+
+def _crossed(prev: int, now: int, every: int) -> bool:
+    return now // every > prev // every
+
+
+def _clip_norm(*values: float | None) -> float | None:
+    """The task's max_grad_norm and the optimizer's own grad_clip both apply: the tighter one wins."""
+    set_values = [v for v in values if v is not None]
+    return min(set_values) if set_values else None
+
+
+class _Boundaries(BaseCallback):
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.trainer = trainer
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode" in info:  # Monitor's summary of a finished episode, raw rewards
+                self.trainer.on_episode(self.model.num_timesteps, info["episode"])
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self.trainer.boundary(final=False)
+
+
+class Trainer:
+    """One run of the rl task."""
+
+    def __init__(self, run: Any, recorder: Any):
+        self.run, self.recorder = run, recorder
+        c: RLConfig = run.config
+        self.config, self.seed = c, run.spec.seed
+        torch.set_num_threads(1)  # faster for these MLPs, and lets trials share a machine
+        seed_everything(self.seed)
+        self.env = make_train_env(c, self.seed)
+        hidden = list(c.hidden_sizes)
+        self.model = BenchPPO(
+            "MlpPolicy", self.env, learning_rate=c.lr, n_steps=c.n_steps, batch_size=c.batch_size,
+            n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda, clip_range=c.clip_range,
+            ent_coef=c.ent_coef, vf_coef=c.vf_coef, max_grad_norm=math.inf,
+            policy_kwargs=dict(log_std_init=c.log_std_init, ortho_init=c.ortho_init,
+                               activation_fn=ACTIVATIONS[c.activation], net_arch=dict(pi=hidden, vf=hidden)),
+            seed=self.seed, device=run.spec.device, verbose=0)
+        self.optimizer = run.make_optimizer(self.model.policy, policy_model_info(self.model.policy), lr=c.lr)
+        self.clip_norm = _clip_norm(c.max_grad_norm, run.optimizer.grad_clip)
+        self.grad_stats = self.model.use_optimizer(self.optimizer, c.lr, self.clip_norm)
+        self.eval_env = make_eval_env(c)
+        self.evals: list[tuple[int, float]] = []  # (env steps, mean return)
+        self.last_eval_returns: list[float] = []
+        self.recent_returns: list[float] = []
+        self.train_episodes = 0
+        self.boundary_step = -1  # env steps at the last boundary handled (logged, evaluated, saved)
+        self.stop = StopRequest()
+        self.bar: tqdm | None = None
+
+    # --- checkpoint ---
+    def state(self) -> dict[str, Any]:
+        m = self.model
+        return {"policy": m.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
+                "env": env_state(self.env), "rng": rng_state(),
+                "trainer": {"evals": self.evals, "last_eval_returns": self.last_eval_returns,
+                            "recent_returns": self.recent_returns, "train_episodes": self.train_episodes,
+                            "boundary_step": self.boundary_step,
+                            "optimizer_steps": self.grad_stats.optimizer_steps}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k, v in state["ppo"].items():
+            setattr(self.model, k, v)
+        restore_env_state(self.env, state["env"])
+        t = state["trainer"]
+        self.evals, self.last_eval_returns = t["evals"], t["last_eval_returns"]
+        self.recent_returns, self.train_episodes = t["recent_returns"], t["train_episodes"]
+        self.boundary_step, self.grad_stats.optimizer_steps = t["boundary_step"], t["optimizer_steps"]
+        set_rng_state(state["rng"])
+
+    # --- events ---
+    def on_episode(self, step: int, episode: dict[str, Any]) -> None:
+        self.train_episodes += 1
+        self.recent_returns = (self.recent_returns + [float(episode["r"])])[-_RECENT_EPISODES:]
+        self.recorder.log(step, "train", {"episode_return": float(episode["r"]), "episode_length": float(episode["l"])})
+
+    def boundary(self, *, final: bool) -> None:
+        """After an update (or at the start/end): log it, evaluate and checkpoint when due."""
+        c, step, prev = self.config, self.model.num_timesteps, self.boundary_step
+        if step == prev:
+            return  # a resumed run starts exactly where its checkpoint was taken
+        self.boundary_step = step
+        if self.grad_stats.norms:  # an update happened since the last boundary
+            logged = self.model.logger.name_to_value
+            update = {name: logged[key] for key, name in _UPDATE_METRICS.items() if key in logged}
+            self.recorder.log(step, "train", update | self.grad_stats.take())
+        if self.model.diverged:
+            return
+        if final or _crossed(prev, step, c.eval_every):
+            try:
+                self.last_eval_returns = evaluate(self.model.policy, normalizer(self.env), self.eval_env,
+                                                  c.eval_episodes, self.seed)
+            except ValueError as err:
+                if not is_diverged_policy_error(err):
+                    raise
+                self.model.diverged = True
+                return
+            mean = float(np.mean(self.last_eval_returns))
+            self.evals.append((step, mean))
+            self.recorder.log(step, "eval", {"return": mean, "return_std": float(np.std(self.last_eval_returns))})
+        if final or self.stop.requested or (step > 0 and _crossed(prev, step, c.checkpoint_every)):
+            self.recorder.save_checkpoint(self.state())
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(eval_return=f"{self.evals[-1][1]:.1f}" if self.evals else "n/a", refresh=False)
+        if self.stop.requested and not final:
+            raise KeyboardInterrupt
+
+    def fit(self) -> dict[str, Any]:
+        c = self.config
+        state = self.recorder.load_checkpoint()
+        if state is not None:
+            self.restore(state)
+        start_step, t0 = self.model.num_timesteps, time.perf_counter()
+        self.bar = tqdm(total=c.total_timesteps, initial=start_step, desc=f"rl {c.env} {self.run.spec.optimizer}",
+                        unit="step", dynamic_ncols=True, mininterval=1.0)
+        try:
+            with deferred_interrupt() as self.stop:
+                remaining = c.total_timesteps - self.model.num_timesteps
+                if remaining > 0:
+                    # reset_num_timesteps=False: count on from a restored checkpoint (a fresh model is at 0)
+                    self.model.learn(remaining, callback=_Boundaries(self), reset_num_timesteps=False)
+                self.boundary(final=True)
+        finally:
+            self.bar.close()
+        elapsed = time.perf_counter() - t0
+        return self.summary((self.model.num_timesteps - start_step) / elapsed if elapsed > 0 else None)
+
+    def summary(self, steps_per_s: float | None) -> dict[str, Any]:
+        diverged = self.model.diverged
+        returns = self.last_eval_returns
+        return {
+            "status": "diverged" if diverged else "complete",
+            "diverged_step": self.model.num_timesteps if diverged else None,
+            "value": None if diverged else float(np.mean(returns)),
+            "eval_return_std": None if diverged else float(np.std(returns)),
+            "eval_returns": returns,
+            "eval_auc": None if diverged else curve_auc([s for s, _ in self.evals], [v for _, v in self.evals]),
+            "eval_curve": self.evals,
+            "train_episode_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+            "train_episodes": self.train_episodes,
+            "env": self.config.env,
+            "steps": self.model.num_timesteps,
+            "updates": self.model._n_updates,
+            "optimizer_steps": self.grad_stats.optimizer_steps,
+            "env_steps_per_s": steps_per_s,
+            "n_params": sum(p.numel() for p in self.model.policy.parameters()),
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "peak_memory_bytes": peak_memory_bytes(torch.device(self.run.spec.device)),
+            "max_grad_norm": self.clip_norm,
+        }
