@@ -1,0 +1,147 @@
+"""SPAM's fast path against the literal oracle, pytorch_optimizer, itself after a checkpoint, and bf16."""
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import shutil
+
+import pytest
+import torch
+
+from optimizers.spam import SPAM
+from spam_oracle import OracleSPAM
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no CUDA device on this machine"))]
+SHAPES = {"masked_a": (12, 10), "masked_b": (6, 16), "dense_2d": (7, 5), "dense_1d": (9,), "sometimes": (4, 3)}
+
+
+def make_params(device: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=gen).to(device=device, dtype=dtype).requires_grad_() for k, s in SHAPES.items()}
+
+
+def groups(ps: dict[str, torch.Tensor], density: float | None = 0.25) -> list[dict]:
+    dense = {"params": [ps["dense_2d"], ps["dense_1d"], ps["sometimes"]]}
+    if density is None:
+        return [{"params": [ps["masked_a"], ps["masked_b"], *dense["params"]]}]
+    return [dense, {"params": [ps["masked_a"], ps["masked_b"]], "density": density}]
+
+
+def grads(step: int, ps: dict[str, torch.Tensor], seed: int = 1, skip: bool = True) -> dict[str, torch.Tensor | None]:
+    """Deterministic gradients: noise with a drift, rare 1e4 spikes, zero early rows, skipped steps."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + step)
+    out: dict[str, torch.Tensor | None] = {}
+    for k, p in ps.items():
+        g = torch.randn(p.shape, generator=gen) + 0.1
+        if step % 97 == 5:
+            g.view(-1)[step % g.numel()] *= 1e4
+        if k == "dense_2d" and step % 500 < 25:
+            g[0] = 0.0                                   # a row that first sees a gradient in the clip window
+        out[k] = None if (skip and k == "sometimes" and step % 3 == 0) else g.to(device=p.device, dtype=p.dtype)
+    return out
+
+
+def drive(opt, ps: dict[str, torch.Tensor], steps: range, seed: int = 1) -> None:
+    for t in steps:
+        for k, g in grads(t, ps, seed).items():
+            ps[k].grad = g
+        opt.step()
+
+
+HP = dict(lr=1e-2, weight_decay=0.01, eps=1e-6, reset_interval=500, warmup_steps=150, spike_threshold=5000.0,
+          clip_delay=20)
+
+
+KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                                                             reason="torch.compile needs a C++ compiler"), id="compiled")]
+
+
+@pytest.mark.parametrize("compiled", KERNELS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, compiled: bool) -> None:
+    fast_p, ref_p = make_params(device), make_params(device)
+    fast = SPAM(groups(fast_p), **HP, mask_seed=7, compiled=compiled)
+    ref = OracleSPAM(groups(ref_p), **HP, mask_seed=7)
+    for t in range(1, 1201):
+        for k, g in grads(t, fast_p).items():
+            fast_p[k].grad = g
+            ref_p[k].grad = None if g is None else g.clone()
+        fast.step()
+        ref.step()
+        if t in (499, 500, 501, 1000, 1200):
+            for k in SHAPES:
+                torch.testing.assert_close(fast_p[k].detach(), ref_p[k].detach(), rtol=1e-6, atol=1e-6, msg=f"{k} t={t}")
+    for k in ("masked_a", "masked_b"):
+        assert torch.equal(fast.mask(fast_p[k]), ref.state[ref_p[k]]["mask"])
+        torch.testing.assert_close(fast.state[fast_p[k]]["exp_avg_sq"], ref.state[ref_p[k]]["v"], rtol=1e-5, atol=1e-9)
+    assert fast.state[fast_p["dense_2d"]]["exp_avg_sq"][0].eq(0).all()   # the frozen-row quirk, reproduced
+
+
+def test_matches_pytorch_optimizer_before_the_first_reset() -> None:
+    po = pytest.importorskip("pytorch_optimizer")
+    version = tuple(int(x) for x in importlib.metadata.version("pytorch_optimizer").split(".")[:2])
+    assert version >= (4, 1), "pytorch_optimizer 3.x SPAM does not clip (SPAM.md §4.2)"
+    ours_p, theirs_p = make_params("cpu"), make_params("cpu")
+    ours = SPAM(groups(ours_p, density=None), lr=1e-2, clip_delay=20, warmup_steps=150, reset_interval=500)
+    theirs = po.SPAM(groups(theirs_p, density=None), lr=1e-2, density=1.0, weight_decay=0.0, warmup_epoch=150,
+                     threshold=5000, grad_accu_steps=20, update_proj_gap=500, eps=1e-6)
+    for t in range(1, 400):
+        for k, g in grads(t, ours_p, skip=False).items():    # PO counts bias correction per group
+            ours_p[k].grad = g
+            theirs_p[k].grad = None if g is None else g.clone()
+        ours.step()
+        theirs.step()
+    for k in SHAPES:
+        torch.testing.assert_close(ours_p[k].detach(), theirs_p[k].detach(), rtol=1e-6, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip_continues_bit_identically(device: str) -> None:
+    kw = dict(lr=1e-2, weight_decay=0.01, reset_interval=8, warmup_steps=3, clip_delay=2, mask_seed=3)
+    straight_p = make_params(device)
+    straight = SPAM(groups(straight_p), **kw)
+    drive(straight, straight_p, range(1, 41))
+
+    first_p = make_params(device)
+    first = SPAM(groups(first_p), **kw)
+    drive(first, first_p, range(1, 21))
+    buf = io.BytesIO()
+    torch.save({"params": {k: v.detach() for k, v in first_p.items()}, "opt": first.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    resumed_p = {k: v.clone().requires_grad_() for k, v in ckpt["params"].items()}
+    resumed = SPAM(groups(resumed_p), **{**kw, "mask_seed": 99})     # generator state comes from the checkpoint
+    resumed.load_state_dict(ckpt["opt"])
+    drive(resumed, resumed_p, range(21, 41))
+
+    for k in SHAPES:
+        assert torch.equal(resumed_p[k], straight_p[k]), k
+        for key in ("exp_avg", "exp_avg_sq", "mask_index"):
+            if key in straight.state[straight_p[k]]:
+                assert torch.equal(resumed.state[resumed_p[k]][key], straight.state[straight_p[k]][key]), (k, key)
+
+
+@pytest.mark.parametrize("state_dtype, expected", [("param", torch.bfloat16), ("float32", torch.float32)])
+def test_bfloat16_params_train_close_to_float32_with_chosen_state_dtype(state_dtype: str, expected: torch.dtype) -> None:
+    kw = dict(lr=1e-2, reset_interval=20, warmup_steps=5, clip_delay=3)
+    low_p, ref_p = make_params("cpu", torch.bfloat16), make_params("cpu")
+    for k in SHAPES:                                                  # same starting point
+        ref_p[k].data.copy_(low_p[k].detach().float())
+    start = {k: v.detach().clone() for k, v in ref_p.items()}
+    low = SPAM(groups(low_p), **kw, state_dtype=state_dtype)
+    ref = SPAM(groups(ref_p), **kw)
+    drive(low, low_p, range(1, 41))
+    drive(ref, ref_p, range(1, 41))
+    for k in SHAPES:
+        assert low_p[k].dtype == torch.bfloat16
+        assert low.state[low_p[k]]["exp_avg"].dtype == expected
+        # bf16 weights round every update (ulp 2^-7 near 1 vs steps of ~1e-2): compare on average.
+        error = (low_p[k].detach().float() - ref_p[k].detach()).abs().mean()
+        assert error < 0.3 * (ref_p[k].detach() - start[k]).abs().mean(), k
+    buf = io.BytesIO()
+    torch.save(low.state_dict(), buf)
+    buf.seek(0)
+    again = SPAM(groups(low_p), **kw, state_dtype=state_dtype)
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    assert again.state[low_p["masked_a"]]["exp_avg_sq"].dtype == expected
