@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from suite.config import build_config, coerce, load_yaml, to_dict
+from suite.config import build_config, coerce, to_dict
 from suite.errors import ConfigError
 from suite.model_info import ModelInfo
 from suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
@@ -84,7 +84,7 @@ def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
     opt_fields = {f.name for f in dataclasses.fields(opt_spec.config_cls)}
     task_sets, opt_sets = _split_sets(sets or {}, task_fields, opt_fields, optimizer)
 
-    base = load_yaml(task_obj.scale_path(scale))
+    base = task_obj.scale_values(scale)
     config = build_config(task_obj.config_cls, {**base, **task_sets})
     opt_config = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
     spec = RunSpec(task=task, optimizer=optimizer, seed=seed, scale=scale,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from suite.config import load_yaml
 from suite.errors import ConfigError
 
 
@@ -23,6 +24,8 @@ class Task(Protocol):
     def scales(self) -> list[str]: ...
 
     def scale_path(self, scale: str) -> Path: ...
+
+    def scale_values(self, scale: str) -> dict[str, Any]: ...
 
     def run(self, run: Any, recorder: Any) -> dict[str, Any]: ...
 
@@ -48,6 +51,10 @@ class TaskBase:
         if not path.exists():
             raise ConfigError("scale", scale, self.scales())
         return path
+
+    def scale_values(self, scale: str) -> dict[str, Any]:
+        """The config values of a scale (a task that shares another task's scales overrides this)."""
+        return load_yaml(self.scale_path(scale))
 
     def fetch_data(self) -> None:
         """Nothing to fetch by default."""
