@@ -87,20 +87,27 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint_and_completes(out_dir, 
 def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
     out = tmp_path / "out"
     argv = _sweep_argv(out, "--opt", "adamw", "--seeds", "0-3", "--max-concurrent", "1",
-                       sets=small_llm_sets(steps=60, eval_every=20))
+                       sets=small_llm_sets(steps=400, eval_every=100, checkpoint_every=20))
     cmd = [sys.executable, "-m", "suite.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def mid_run() -> bool:
+        """One run complete and another one checkpointed but unfinished."""
+        dirs = list(out.glob("runs/llm/*"))
+        done = [d for d in dirs if (d / "summary.json").exists()]
+        started = [d for d in dirs if not (d / "summary.json").exists() and (d / "checkpoint.pt").exists()]
+        return bool(done) and bool(started)
+
     deadline = time.time() + 240
-    while time.time() < deadline and len(_summaries(out)) < 1:
-        time.sleep(0.1)
-    time.sleep(2)  # let the next trial get going, so it is interrupted mid-run
+    while time.time() < deadline and proc.poll() is None and not mid_run():
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray
     proc.wait()
     done_before = len(_summaries(out))
     assert 1 <= done_before < 4, "the kill must land mid-sweep"
     assert main(argv + ["--resume"]) == 0
     runs = _summaries(out)
-    assert len(runs) == 4 and all(s["status"] == "complete" and s["steps"] == 60 for s in runs.values())
+    assert len(runs) == 4 and all(s["status"] == "complete" and s["steps"] == 400 for s in runs.values())
     for run_id in runs:
         steps = [m["step"] for m in read_metrics(out / "runs" / "llm" / run_id) if m["split"] == "train" and m["name"] == "loss"]
-        assert steps == list(range(1, 61))
+        assert steps == list(range(1, 401))
