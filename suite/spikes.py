@@ -175,7 +175,7 @@ class RecoveryTracker:
         self.recent.append(loss)
 
     def summary(self) -> dict[str, float | int | None]:
-        return {"spikes_injected": len(self.recovered) + len(self.open),
+        return {"spikes_tracked": len(self.recovered) + len(self.open),
                 "spikes_unrecovered": len(self.open),
                 "recovery_steps_mean": float(np.mean(self.recovered)) if self.recovered else None}
 
@@ -216,6 +216,7 @@ class SpikeInstruments:
                 del metrics[key]
         if injected:
             metrics["injected_spike"] = 1.0
+            self.counts["injected"] = self.counts.get("injected", 0) + 1
         return metrics, injected
 
     def after_step(self, step: int, loss: float, injected: bool) -> dict[str, float]:
@@ -243,5 +244,29 @@ class SpikeInstruments:
             trace = np.stack(self.telemetry.records) if self.telemetry.records else np.zeros((0, 0))
             out["gss_spikes"] = gss_spike_counts(trace, self.telemetry.column_roles()) if trace.size else {}
         if self.injector:
-            out.update(self.recovery.summary())
+            out["spikes_injected"] = self.counts.get("injected", 0)
+            if self.recovery.recovered or self.recovery.open:  # loops that report their loss per step
+                recovery = self.recovery.summary()
+                out.update(spikes_unrecovered=recovery["spikes_unrecovered"],
+                           recovery_steps_mean=recovery["recovery_steps_mean"])
         return out
+
+
+def attach_to_optimizer(optimizer: torch.optim.Optimizer, instruments: SpikeInstruments,
+                        log: Any) -> dict[str, int]:
+    """For library-driven loops (SB3, Lightning): run the instruments in a step pre-hook.
+
+    Registered before any clipping hook, injection happens before clipping, as in the llm loop.
+    Metrics go to `log(step, "optim", metrics)` with the optimizer-step count; the returned
+    counter belongs in the task's checkpoint.
+    """
+    counter = {"step": 0}
+
+    def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        counter["step"] += 1
+        metrics, _ = instruments.before_step(counter["step"])
+        if metrics:
+            log(counter["step"], "optim", metrics)
+
+    optimizer.register_step_pre_hook(before_step)
+    return counter

@@ -221,3 +221,11 @@ def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(tmp_path):
     assert cli(tmp_path, lr=1e30, max_grad_norm="none") == 0
     s = read_json(only_run_dir(tmp_path) / "summary.json")
     assert s["status"] == "diverged" and s["value"] is None and 0 < s["diverged_step"] <= 1024
+
+
+def test_spike_telemetry_and_injection_reach_the_ppo_optimizer(tmp_path):
+    assert cli(tmp_path, inject_step_fraction=0.1) == 0
+    (summary_path,) = tmp_path.glob("runs/rl/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["spikes_injected"] > 0 and set(summary["gss_spikes"]) >= {"mlp", "output"}
+    assert (summary_path.parent / "grad_samples.npy").exists()

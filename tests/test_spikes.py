@@ -64,4 +64,4 @@ def test_loss_spike_is_k_times_the_running_median_and_recovery_is_counted():
     tracker = RecoveryTracker()
     for step, (loss, injected) in enumerate([(1.0, False)] * 10 + [(5.0, True), (3.0, False), (1.04, False)]):
         tracker.observe(step, loss, injected)
-    assert tracker.summary() == {"spikes_injected": 1, "spikes_unrecovered": 0, "recovery_steps_mean": 2.0}
+    assert tracker.summary() == {"spikes_tracked": 1, "spikes_unrecovered": 0, "recovery_steps_mean": 2.0}

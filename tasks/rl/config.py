@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from suite.spike_config import SpikeFields
 from suite.config import param
 from suite.errors import ConfigError
 from tasks.rl.zoo import ENV_IDS, PPO_HYPERPARAMS
@@ -17,7 +18,7 @@ ZOO = "zoo"  # "take rl-zoo's value for `env`"; replaced by a number before anyo
 
 
 @dataclass
-class RLConfig:
+class RLConfig(SpikeFields):
     # --- environment and budget ---
     env: str = param("HalfCheetah-v5", "gymnasium MuJoCo environment.", choices=ENV_IDS)
     total_timesteps: int = param(1_000_000, "Training budget in environment steps (rounded up to whole rollouts).",

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from suite.interrupt import StopRequest, deferred_interrupt
 from suite.seeding import rng_state, seed_everything, set_rng_state
+from suite.spikes import SpikeInstruments, attach_to_optimizer
 from suite.telemetry import optimizer_state_bytes, peak_memory_bytes
 from tasks.rl.config import RLConfig
 from tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
@@ -81,7 +82,11 @@ class Trainer:
             policy_kwargs=dict(log_std_init=c.log_std_init, ortho_init=c.ortho_init,
                                activation_fn=ACTIVATIONS[c.activation], net_arch=dict(pi=hidden, vf=hidden)),
             seed=self.seed, device=run.spec.device, verbose=0)
-        self.optimizer = run.make_optimizer(self.model.policy, policy_model_info(self.model.policy), lr=c.lr)
+        info = policy_model_info(self.model.policy)
+        self.optimizer = run.make_optimizer(self.model.policy, info, lr=c.lr)
+        # Before use_optimizer's clipping hook, so injected spikes meet the clip as real ones would.
+        self.spikes = SpikeInstruments(self.model.policy, info, c, seed=self.seed)
+        self.spike_steps = attach_to_optimizer(self.optimizer, self.spikes, recorder.log)
         self.clip_norm = _clip_norm(c.max_grad_norm, run.optimizer.grad_clip)
         self.grad_stats = self.model.use_optimizer(self.optimizer, c.lr, self.clip_norm)
         self.eval_env = make_eval_env(c)
@@ -99,6 +104,7 @@ class Trainer:
         return {"policy": m.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
                 "env": env_state(self.env), "rng": rng_state(),
+                "spikes": self.spikes.state_dict(), "spike_steps": dict(self.spike_steps),
                 "trainer": {"evals": self.evals, "last_eval_returns": self.last_eval_returns,
                             "recent_returns": self.recent_returns, "train_episodes": self.train_episodes,
                             "boundary_step": self.boundary_step,
@@ -110,6 +116,8 @@ class Trainer:
         for k, v in state["ppo"].items():
             setattr(self.model, k, v)
         restore_env_state(self.env, state["env"])
+        self.spikes.load_state_dict(state["spikes"])
+        self.spike_steps.update(state["spike_steps"])
         t = state["trainer"]
         self.evals, self.last_eval_returns = t["evals"], t["last_eval_returns"]
         self.recent_returns, self.train_episodes = t["recent_returns"], t["train_episodes"]
@@ -196,4 +204,5 @@ class Trainer:
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "peak_memory_bytes": peak_memory_bytes(torch.device(self.run.spec.device)),
             "max_grad_norm": self.clip_norm,
+            **self.spikes.finish(self.recorder.dir),
         }
