@@ -165,3 +165,11 @@ def test_spam_trains_tsf(out_dir):
     assert main(_argv(out_dir, *_sets(), opt="spam")) == 0
     summary = read_json(_only_run_dir(out_dir) / "summary.json")
     assert summary["status"] == "complete" and 0 < summary["test_mse"] < _mse_of_forecasting_zero()
+
+
+def test_spike_telemetry_and_injection_reach_the_lightning_optimizer(out_dir):
+    assert main(_argv(out_dir, *_sets(inject_step_fraction=0.2))) == 0
+    (summary_path,) = out_dir.glob("runs/tsf/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["spikes_injected"] > 0 and summary["gss_spikes"]
+    assert (summary_path.parent / "grad_samples.npy").exists()

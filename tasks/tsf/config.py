@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from suite.spike_config import SpikeFields
 from suite.config import param
 from suite.errors import ConfigError
 
@@ -13,7 +14,7 @@ LOCAL_DATASETS = ("fertility", "co2", "weather")
 
 
 @dataclass
-class TSFConfig:
+class TSFConfig(SpikeFields):
     # --- model (gluonts' PyTorch estimators; one univariate model shared by all series) ---
     model: str = param("patchtst", "gluonts estimator: patchtst (the follow-up paper's), deepar or simple_feedforward.",
                        choices=MODELS)

@@ -29,6 +29,7 @@ from gluonts.env import env
 from suite.interrupt import deferred_interrupt
 from suite.model_info import roles_by_rank
 from suite.seeding import seed_everything
+from suite.spikes import SpikeInstruments
 from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
 from tasks.tsf.config import TSFConfig
 from tasks.tsf.data import TSFData
@@ -63,15 +64,18 @@ class EpochSeededLoader:
 class SuiteCallback(pl.Callback):
     """Per-step metrics, per-epoch seeding of dropout, checkpoints, and the deferred Ctrl-C."""
 
-    def __init__(self, recorder: Any, seed: int, stop: Any, run_dir_tmp: Any):
-        self.recorder, self.seed, self.stop, self.tmp = recorder, seed, stop, run_dir_tmp
+    def __init__(self, recorder: Any, seed: int, stop: Any, run_dir_tmp: Any, owner: "Trainer"):
+        self.recorder, self.seed, self.stop, self.tmp, self.owner = recorder, seed, stop, run_dir_tmp, owner
         self.grad_norm = float("nan")
+        self.spike_metrics: dict[str, float] = {}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         torch.manual_seed(_epoch_seed(self.seed, trainer.current_epoch) ^ 0x5EED)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> None:
-        self.grad_norm = float(grad_global_norm(module.parameters()))  # before clipping, as llm logs it
+        # Spikes are injected and observed, and the norm measured, before Lightning clips, as in llm.
+        self.spike_metrics, _ = self.owner.spikes.before_step(trainer.global_step + 1)
+        self.grad_norm = float(grad_global_norm(module.parameters()))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -80,7 +84,7 @@ class SuiteCallback(pl.Callback):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         self.recorder.log(trainer.global_step, "train",
-                          {"loss": float(outputs["loss"]), "lr": lr, "grad_norm": self.grad_norm})
+                          {"loss": float(outputs["loss"]), "lr": lr, "grad_norm": self.grad_norm, **self.spike_metrics})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if module.diverged_step is not None:
@@ -88,7 +92,8 @@ class SuiteCallback(pl.Callback):
         trainer.save_checkpoint(self.tmp)
         lightning_state = torch.load(self.tmp, map_location="cpu", weights_only=False)
         self.tmp.unlink()
-        self.recorder.save_checkpoint({"lightning": lightning_state, "epoch": trainer.current_epoch + 1})
+        self.recorder.save_checkpoint({"lightning": lightning_state, "epoch": trainer.current_epoch + 1,
+                                       "spikes": self.owner.spikes.state_dict()})
         if self.stop.requested:
             trainer.should_stop = True
 
@@ -110,9 +115,15 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         self.grad_clip = self.config.grad_clip if self.config.grad_clip is not None else run.optimizer.grad_clip
         self.optimizer: torch.optim.Optimizer | None = None
+        self.spikes: SpikeInstruments | None = None
+        self.spikes_state: dict[str, Any] | None = None  # from a checkpoint, loaded once the model exists
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        self.optimizer = self.run.make_optimizer(model, roles_by_rank(model), lr=self.config.lr)
+        info = roles_by_rank(model)
+        self.optimizer = self.run.make_optimizer(model, info, lr=self.config.lr)
+        self.spikes = SpikeInstruments(model, info, self.config, seed=self.run.spec.seed)
+        if self.spikes_state is not None:
+            self.spikes.load_state_dict(self.spikes_state)
         return self.optimizer
 
     def fit(self) -> dict[str, Any]:
@@ -125,6 +136,7 @@ class Trainer:
         train = transformation.apply(self.data.train, is_train=True)
         ckpt_path = None
         if state is not None:
+            self.spikes_state = state["spikes"]
             ckpt_path = rec.dir / ".resume.ckpt"
             torch.save(state["lightning"], ckpt_path)
 
@@ -136,7 +148,7 @@ class Trainer:
                 logger=False, enable_checkpointing=False, enable_model_summary=False,
                 enable_progress_bar=sys.stderr.isatty(),
                 num_sanity_val_steps=0, default_root_dir=str(rec.dir),
-                callbacks=[SuiteCallback(rec, seed, stop, rec.dir / ".epoch.ckpt")])
+                callbacks=[SuiteCallback(rec, seed, stop, rec.dir / ".epoch.ckpt", self)])
             loader = EpochSeededLoader(
                 lambda: est.create_training_data_loader(train, module, shuffle_buffer_length=c.shuffle_buffer),
                 seed, start_epoch=state["epoch"] if state is not None else 0)
@@ -180,6 +192,7 @@ class Trainer:
             "train_s": train_s,
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer) if self.optimizer else 0,
             "peak_memory_bytes": peak_memory_bytes(torch.device(self.run.spec.device)),
+            **(self.spikes.finish(rec.dir) if self.spikes else {}),
         }
 
 
