@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         ("torch AdamW fused", lambda: torch.optim.AdamW(params, lr=1e-3, fused=True)),
         ("spam dense", lambda: make_spam(model, info, lr=1e-3)),
         ("spam density 0.25 (attn/MLP)", lambda: make_spam(model, info, lr=1e-3, density=0.25)),
+        ("spam density 0.3225 (authors' memory match)", lambda: make_spam(model, info, lr=1e-3, density=0.3225)),
         ("spam dense, compiled", lambda: make_spam(model, info, lr=1e-3, compiled=True)),
         ("spam density 0.25, compiled", lambda: make_spam(model, info, lr=1e-3, density=0.25, compiled=True)),
     ]

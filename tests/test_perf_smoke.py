@@ -14,4 +14,4 @@ def test_perf_small_shapes_prints_table_and_json(tmp_path, capsys) -> None:
     rows = {r["optimizer"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["spam dense"]["bytes_per_param"] == 8.0
     sparse = rows["spam density 0.25 (attn/MLP)"]
-    assert sparse["bytes_per_masked_param"] <= 8 * 0.25 + 1 + 0.05    # compact moments + int32 index
+    assert sparse["bytes_per_masked_param"] <= 8 * 0.25 + 1 + 0.05    # 12d B at d = 1/4: moments + int32 index

@@ -104,11 +104,33 @@ def test_bias_correction_count_is_not_reset() -> None:
     assert p.item() - before == pytest.approx(expected, rel=1e-5)
 
 
-def test_initial_mask_has_floor_of_density_times_numel_entries() -> None:
+@pytest.mark.parametrize("density, keys", [(0.3, {"mask_gaps", "mask_anchors"}), (0.25, {"mask_index"})])
+def test_initial_mask_has_floor_of_density_times_numel_entries(density: float, keys: set) -> None:
     p = torch.zeros(10, 13, requires_grad=True)
-    opt = SPAM([{"params": [p], "density": 0.3}])
-    assert int(opt.mask(p).sum()) == int(0.3 * 130) == 39
-    assert opt.state[p]["mask_index"].dtype == torch.int32
+    opt = SPAM([{"params": [p], "density": density}])
+    assert int(opt.mask(p).sum()) == int(density * 130)
+    # the smaller encoding: int32 indices (4 B per masked entry) up to d = 1/4, then uint8 gaps (1 B)
+    assert set(opt.state[p]) == keys
+    p.grad = torch.ones_like(p)
+    opt.step()
+    state_bytes = sum(v.numel() * v.element_size() for v in opt.state[p].values() if torch.is_tensor(v))
+    assert state_bytes <= (8 * density + 1) * p.numel()              # fp32 moments: at most 8d + 1 B/param
+
+
+def test_gap_encoded_masks_decode_across_anchors_and_blocks() -> None:
+    import optimizers.spam as spam
+    gen = torch.Generator().manual_seed(0)
+    p = torch.zeros(300, 1000, requires_grad=True)                     # 0.6 * 3e5 = 1.8e5 entries: 3 anchors
+    opt = SPAM([{"params": [p], "density": 0.6}], lr=1e-2, block_size=70_000)
+    mask = opt.mask(p)
+    assert int(mask.sum()) == 180_000 and opt.state[p]["mask_anchors"].numel() == 180_000 // spam.ANCHOR + 1
+    p.grad = torch.randn(300, 1000, generator=gen)
+    opt.step()                                                          # blocks of 65536 entries
+    moved = p.detach() != 0
+    assert torch.equal(moved, mask)
+    root = math.sqrt(1 - B2)
+    expected = -1e-2 * p.grad * root / (root * p.grad.abs() + 1e-6)   # first Adam step
+    torch.testing.assert_close(p.detach()[mask], expected[mask], rtol=1e-5, atol=1e-8)
 
 
 def test_masks_resample_at_the_end_of_calls_delta_t_minus_one() -> None:

@@ -22,10 +22,11 @@ def make_params(device: str, dtype: torch.dtype = torch.float32, seed: int = 0) 
 
 
 def groups(ps: dict[str, torch.Tensor], density: float | None = 0.25) -> list[dict]:
+    """masked_a at `density`, masked_b at 0.2: with 0.4, both mask encodings (uint8 gaps, int32 indices)."""
     dense = {"params": [ps["dense_2d"], ps["dense_1d"], ps["sometimes"]]}
     if density is None:
         return [{"params": [ps["masked_a"], ps["masked_b"], *dense["params"]]}]
-    return [dense, {"params": [ps["masked_a"], ps["masked_b"]], "density": density}]
+    return [dense, {"params": [ps["masked_a"]], "density": density}, {"params": [ps["masked_b"]], "density": 0.2}]
 
 
 def grads(step: int, ps: dict[str, torch.Tensor], seed: int = 1, skip: bool = True) -> dict[str, torch.Tensor | None]:
@@ -57,12 +58,15 @@ KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(shutil.which("g++"
                                                              reason="torch.compile needs a C++ compiler"), id="compiled")]
 
 
+@pytest.mark.parametrize("block_size", [None, 7], ids=["whole", "blocks_of_7"])   # 7: many blocks, shared ones
 @pytest.mark.parametrize("compiled", KERNELS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, compiled: bool) -> None:
+def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, compiled: bool,
+                                                                                  block_size: int | None) -> None:
     fast_p, ref_p = make_params(device), make_params(device)
-    fast = SPAM(groups(fast_p), **HP, mask_seed=7, compiled=compiled)
-    ref = OracleSPAM(groups(ref_p), **HP, mask_seed=7)
+    fast = SPAM(groups(fast_p, 0.4), **HP, mask_seed=7, compiled=compiled, **({"block_size": block_size} if block_size else {}))
+    ref = OracleSPAM(groups(ref_p, 0.4), **HP, mask_seed=7)
+    assert {"mask_gaps", "mask_index"} <= {k for s in fast.state.values() for k in s}
     for t in range(1, 1201):
         for k, g in grads(t, fast_p).items():
             fast_p[k].grad = g
@@ -100,24 +104,24 @@ def test_matches_pytorch_optimizer_before_the_first_reset() -> None:
 def test_state_dict_round_trip_continues_bit_identically(device: str) -> None:
     kw = dict(lr=1e-2, weight_decay=0.01, reset_interval=8, warmup_steps=3, clip_delay=2, mask_seed=3)
     straight_p = make_params(device)
-    straight = SPAM(groups(straight_p), **kw)
+    straight = SPAM(groups(straight_p, 0.4), **kw)
     drive(straight, straight_p, range(1, 41))
 
     first_p = make_params(device)
-    first = SPAM(groups(first_p), **kw)
+    first = SPAM(groups(first_p, 0.4), **kw)
     drive(first, first_p, range(1, 21))
     buf = io.BytesIO()
     torch.save({"params": {k: v.detach() for k, v in first_p.items()}, "opt": first.state_dict()}, buf)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
     resumed_p = {k: v.clone().requires_grad_() for k, v in ckpt["params"].items()}
-    resumed = SPAM(groups(resumed_p), **{**kw, "mask_seed": 99})     # generator state comes from the checkpoint
+    resumed = SPAM(groups(resumed_p, 0.4), **{**kw, "mask_seed": 99})     # generator state comes from the checkpoint
     resumed.load_state_dict(ckpt["opt"])
     drive(resumed, resumed_p, range(21, 41))
 
     for k in SHAPES:
         assert torch.equal(resumed_p[k], straight_p[k]), k
-        for key in ("exp_avg", "exp_avg_sq", "mask_index"):
+        for key in ("exp_avg", "exp_avg_sq", "mask_index", "mask_gaps", "mask_anchors"):
             if key in straight.state[straight_p[k]]:
                 assert torch.equal(resumed.state[resumed_p[k]][key], straight.state[straight_p[k]][key]), (k, key)
 
