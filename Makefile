@@ -55,7 +55,7 @@ LEADERBOARD_SWEEP_ARGS ?=
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)
 	@status=0; \
-	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ {print $$1}' | paste -sd, -); \
+	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ && $$1 !~ /:/ {print $$1}' | paste -sd, -); \
 	for task in $$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); do \
 	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; \
 	  $(BIN)/spambench sweep --task $$task --opt $$opts --seeds $(LEADERBOARD_SEEDS) --scale tiny $(OUT_FLAG) $(LEADERBOARD_SWEEP_ARGS) || status=1; \

@@ -220,6 +220,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             if args.what == "optimizers":
                 for field, doc in field_docs(o.config_cls).items():
                     print(f"      opt.{field}: {doc}")
+        for prefix, fam in sorted(OPTIMIZERS.families.items()):
+            print(f"  {prefix}:<name>  {fam.description}  [{len(fam.members())}: {', '.join(fam.members())}]")
     for registry in (TASKS, OPTIMIZERS):
         for name, reason in sorted(registry.broken.items()):
             print(f"  (broken {registry.kind} plug-in {name}: {reason})")

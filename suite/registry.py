@@ -2,7 +2,8 @@
 
 Built-in tasks and optimizers register through the same entry points as third-party plug-ins
 (`spam_bench.tasks`, `spam_bench.optimizers` in pyproject.toml), so the suite never imports them by
-name and a plug-in package only needs to declare an entry point.
+name and a plug-in package only needs to declare an entry point. An entry point may also name a
+`Family`: plug-ins spelled `<prefix>:<member>` (e.g. `po:lion`) that are built on first use.
 """
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ class OptimizerSpec:
     grad_clip: float | None = None
     # What `spambench tune` searches: `--set` keys (task `lr`, or `opt.<field>`) -> ranges.
     search_space: Mapping[str, Dist] = field(default_factory=dict)
+    # Capabilities. needs_roles: the factory groups parameters by `ModelInfo` roles and refuses a
+    # model whose roles are missing or unclassified. sparse_state: keeps state for a subset of
+    # entries (masks, low-rank projections). needs_closure: step() must be given a closure.
+    needs_roles: bool = False
+    sparse_state: bool = False
+    needs_closure: bool = False
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    # Optimizer features it does not support, with the reason (e.g. {"add_param_group": "..."}):
+    # the conformance kit skips those checks and says why.
+    unsupported: Mapping[str, str] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -50,17 +61,36 @@ class OptimizerSpec:
         return self.factory(model, model_info, lr=lr, **dataclasses.asdict(config))
 
 
+@dataclass(frozen=True)
+class Family(Generic[T]):
+    """Plug-ins named `<prefix>:<member>`, built on first use (e.g. every pytorch_optimizer optimizer).
+
+    `build(member)` returns the plug-in and raises `ConfigError` for an unknown member;
+    `members()` lists the valid members (for error messages and listings).
+    """
+
+    prefix: str
+    build: Callable[[str], T]
+    members: Callable[[], list[str]]
+    description: str = ""
+
+
 class Registry(Generic[T]):
     """Plug-ins by name, loaded lazily from one entry-point group."""
 
     def __init__(self, kind: str, group: str):
         self.kind, self.group = kind, group
         self._items: dict[str, T] = {}
+        self.families: dict[str, Family[T]] = {}
+        self._built: dict[str, T] = {}  # family members built so far (one object per name)
         self.broken: dict[str, str] = {}  # entry points that failed to import: name -> reason
         self._loaded = False
 
     def register(self, name: str, item: T) -> T:
-        self._items[name] = item
+        if isinstance(item, Family):
+            self.families[item.prefix] = item
+        else:
+            self._items[name] = item
         return item
 
     def _load(self) -> None:
@@ -68,14 +98,15 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for ep in entry_points(group=self.group):
-            if ep.name in self._items:
+            if ep.name in self._items or ep.name in self.families:
                 continue
             try:
-                self._items[ep.name] = ep.load()
+                self.register(ep.name, ep.load())
             except Exception as err:  # a broken plug-in must not take the whole suite down
                 self.broken[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
 
     def names(self) -> list[str]:
+        """The concrete plug-ins (family members such as `po:lion` are built on demand, not listed)."""
         self._load()
         return sorted(self._items)
 
@@ -83,9 +114,19 @@ class Registry(Generic[T]):
         self._load()
         if name in self.broken:
             raise ConfigError(self.kind, name, f"an importable plug-in ({self.broken[name]})")
-        if name not in self._items:
-            raise ConfigError(self.kind, name, self.names())
-        return self._items[name]
+        if name in self._items:
+            return self._items[name]
+        if name not in self._built:
+            prefix, sep, member = name.partition(":")
+            if not sep or prefix not in self.families:
+                allowed = self.names() + [f"{p}:<name>" for p in sorted(self.families)]
+                raise ConfigError(self.kind, name, allowed)
+            family = self.families[prefix]
+            if member not in family.members():
+                raise ConfigError(self.kind, name, f"{prefix}:<name> with <name> one of "
+                                  + ", ".join(family.members()) + f" (see `spambench list {self.kind}s`)")
+            self._built[name] = family.build(member)
+        return self._built[name]
 
 
 TASKS: Registry[Any] = Registry("task", "spam_bench.tasks")

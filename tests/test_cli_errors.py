@@ -8,7 +8,7 @@ from suite.cli import main
 
 BAD_INPUTS = [
     (["--task", "nope", "--opt", "adamw"], "task: invalid value 'nope' (allowed: one of llm"),
-    (["--task", "llm", "--opt", "nope"], "optimizer: invalid value 'nope' (allowed: one of adamw"),
+    (["--task", "llm", "--opt", "nope"], "optimizer: invalid value 'nope' (allowed: one of adafactor"),
     (["--task", "llm", "--opt", "adamw", "--scale", "huge"], "scale: invalid value 'huge' (allowed: one of paper-130m"),
     (["--task", "llm", "--opt", "adamw", "--set", "stepz=3"], "stepz: invalid value '3' (allowed: task keys"),
     (["--task", "llm", "--opt", "adamw", "--set", "steps=abc"], "steps: invalid value 'abc' (allowed: int)"),
