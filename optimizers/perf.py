@@ -37,7 +37,8 @@ def llama_params(vocab: int, hidden: int, intermediate: int, layers: int) -> tup
     shapes["norm"] = ((hidden,), "norm")
     shapes["lm_head"] = ((vocab, hidden), "output")
     model = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(s) * 0.02) for k, (s, _) in shapes.items()})
-    return model, ModelInfo(roles={k: r for k, (_, r) in shapes.items()}, hidden_size=hidden)
+    return model, ModelInfo(roles={k: r for k, (_, r) in shapes.items()}, hidden_size=hidden,
+                            n_heads=max(1, hidden // 64), n_kv_heads=max(1, hidden // 64))
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="tiny shapes, for smoke tests")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--no-third-party", action="store_true", help="skip pytorch_optimizer's SPAM (slow on CPU)")
+    ap.add_argument("--no-zoo", action="store_true", help="skip the other registered optimizers")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -96,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         candidates.append(("pytorch_optimizer SPAM", lambda: po.SPAM(params, lr=1e-3, warmup_epoch=150)))
     except ImportError:
         pass
+    if not args.no_zoo:
+        # Every other registered optimizer at its defaults, built through the registry like a task would.
+        from suite.registry import OPTIMIZERS
+
+        for name in OPTIMIZERS.names():
+            if name not in ("adamw", "spam"):
+                candidates.append((name, lambda spec=OPTIMIZERS.get(name): spec.build(model, info, 1e-3, {})))
     opts = {name: build() for name, build in candidates}
     timings = time_round_robin(opts, args.steps, args.warmup)
     for name, opt in opts.items():

@@ -243,6 +243,9 @@ COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "report": _
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perf"]:  # argparse's REMAINDER drops leading options: hand them over untouched
+        return _cmd_perf(argparse.Namespace(perf_args=argv[1:]))
     args = _parser().parse_args(argv)
     if args.command in ("run", "sweep", "tune") and args.device == "cpu":
         # The tiny scale never needs the hub; fail in a second instead of retrying for half a minute.
