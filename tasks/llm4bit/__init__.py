@@ -1,0 +1,43 @@
+"""`llm4bit`: quantization-aware LLaMA pre-training with 4-bit (or 8-bit) weights and activations.
+
+The paper's low-precision benchmark (SPAM.md §2 "QAT / 4-bit", results §3.3): the `llm` task's
+model, data, training loop and evaluation, with the attention and MLP projections fake-quantized
+(tasks/llm4bit/quant.py). Primary metric: validation perplexity (lower is better).
+
+Scales are `llm`'s: each configs/<scale>.yaml here holds only what differs from `llm`'s file of the
+same name (the paper's QAT runs are 20K steps), so the two tasks never drift apart.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from suite.config import load_yaml
+from tasks.llm import TASK as LLM_TASK
+from tasks.llm import LLMTask, build_data
+from tasks.llm4bit.config import LLM4bitConfig
+
+
+class LLM4bitTask(LLMTask):
+    def scale_values(self, scale: str) -> dict[str, Any]:
+        return {**LLM_TASK.scale_values(scale), **load_yaml(self.scale_path(scale))}
+
+    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+        from tasks.llm.train import Trainer
+        from tasks.llm4bit.model import QuantSpec, build_quantized_llama
+
+        c: LLM4bitConfig = run.config
+        build = partial(build_quantized_llama, spec=QuantSpec.from_config(c), seed=run.spec.seed)
+        summary = Trainer(run, recorder, build_data(c, run.spec.seed), build_model=build).fit()
+        return {**summary, **c.quant_summary()}
+
+
+TASK = LLM4bitTask(
+    name="llm4bit",
+    description="4-bit quantization-aware LLaMA pre-training (W4A4 / W8A8 / FP4; llm's scales)",
+    config_cls=LLM4bitConfig,
+    primary_metric="val_ppl",
+    direction="min",
+    config_dir=Path(__file__).parent / "configs",
+)

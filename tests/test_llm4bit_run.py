@@ -1,0 +1,104 @@
+"""The llm4bit task end to end on the real tiny corpus: llm's scales, adamw and spam runs, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import small_llm_sets
+from suite.cli import main
+from suite.registry import TASKS
+from suite.resolve import resolve
+from suite.results import read_json, read_metrics
+from tasks.llm import TASK as LLM_TASK
+from tasks.llm4bit import TASK
+
+# Until pyproject.toml declares the entry point `llm4bit = "tasks.llm4bit:TASK"`.
+TASKS.register("llm4bit", TASK)
+_CLI = ("import sys; from suite.registry import TASKS; from tasks.llm4bit import TASK; "
+        "TASKS.register('llm4bit', TASK); from suite.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _run(out_dir, *sets, opt="adamw", extra=()):
+    argv = ["run", "--task", "llm4bit", "--opt", opt, "--out", str(out_dir), *extra]
+    for s in sets:
+        argv += ["--set", s]
+    return main(argv)
+
+
+def _run_dirs(out_dir):
+    return sorted((out_dir / "runs" / "llm4bit").iterdir())
+
+
+def _curve(run_dir):
+    return [(m["step"], m["split"], m["name"], m["value"]) for m in read_metrics(run_dir)]
+
+
+def test_scales_are_llms_with_the_qat_budget():
+    assert TASK.scales() == LLM_TASK.scales()
+    assert TASK.scale_values("tiny") == LLM_TASK.scale_values("tiny")
+    for scale in ("paper-60m", "paper-1b"):
+        assert TASK.scale_values(scale) == {**LLM_TASK.scale_values(scale), "steps": 20000}
+    run = resolve(task="llm4bit", optimizer="adamw", scale="paper-350m")
+    assert run.config.hidden_size == 1024 and run.config.format == "w4a4" and run.config.act_group_size == 64
+
+
+@pytest.mark.parametrize("opt", ["adamw", "spam"])
+def test_tiny_run_trains_and_records_the_quantization(out_dir, opt):
+    assert _run(out_dir, *small_llm_sets(), opt=opt) == 0
+    (run_dir,) = _run_dirs(out_dir)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "complete" and summary["steps"] == 30 and summary["optimizer"] == opt
+    assert summary["primary_metric"] == "val_ppl" and summary["direction"] == "min"
+    assert summary["quant_format"] == "w4a4" and summary["quant_weight_bits"] == 4 and summary["quant_act_bits"] == 4
+    assert summary["quant_act_group_size"] == 64 and summary["quant_stochastic_round"] is True
+    train = [v for _, split, name, v in _curve(run_dir) if split == "train" and name == "loss"]
+    assert sum(train[-5:]) / 5 < sum(train[:5]) / 5 - 0.5  # the loss clearly falls despite 4 bits
+    assert summary["value"] < 2048
+    spec = read_json(run_dir / "spec.json")
+    assert spec["task_config"]["format"] == "w4a4" and spec["task_config"]["weight_topk"] == 0
+
+
+def test_other_formats_run_and_are_told_apart(out_dir):
+    for fmt in ("w8a8", "fp4"):
+        assert _run(out_dir, *small_llm_sets(steps=5, eval_every=5), f"format={fmt}") == 0
+    summaries = [read_json(d / "summary.json") for d in _run_dirs(out_dir)]
+    assert {(s["quant_format"], s["quant_act_group_size"], s["quant_weight_topk"]) for s in summaries} == {
+        ("w8a8", 64, 0), ("fp4", 256, 2)}
+    assert len({s["run_id"] for s in summaries}) == 2
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    # Stochastic rounding is on: its call counters must come back with the checkpoint.
+    sets = small_llm_sets(steps=80, eval_every=20)
+    straight = tmp_path / "straight"
+    assert _run(straight, *sets) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-c", _CLI, "run", "--task", "llm4bit", "--opt", "adamw", "--out", str(killed)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(killed.glob("runs/llm4bit/*/metrics.jsonl"))
+        if found and found[0].stat().st_size and any(
+                json.loads(line)["step"] >= 23 for line in found[0].read_text().splitlines()[-3:] if line.endswith("}")):
+            metrics = found[0]
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert metrics is not None, "the run finished before it could be killed; make it longer"
+    run_dir = metrics.parent
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+
+    assert _run(killed, *sets) == 0
+    (straight_dir,) = _run_dirs(straight)
+    a, b = read_json(straight_dir / "summary.json"), read_json(run_dir / "summary.json")
+    assert a["value"] == b["value"] and a["val_loss"] == b["val_loss"] and b["steps"] == 80
+    assert _curve(straight_dir) == _curve(run_dir)
