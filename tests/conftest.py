@@ -1,7 +1,13 @@
 """Shared test settings: offline hub, a throw-away results store, and a very small llm config."""
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -25,3 +31,25 @@ def small_llm_sets(**changes: object) -> list[str]:
 @pytest.fixture
 def out_dir(tmp_path):
     return tmp_path / "out"
+
+
+def sigkill_when(cmd: list[str], out: Path, task: str, ready: Callable[[list[dict]], bool],
+                 timeout: float = 120) -> Path:
+    """Run `cmd` (a `spambench run`) and SIGKILL it as soon as `ready(metrics logged so far)` holds.
+
+    Returns the run folder, checked to hold a checkpoint and no summary: a run killed mid-way.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline, run_dir = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob(f"runs/{task}/*/metrics.jsonl"))
+        lines = [json.loads(line) for line in found[0].read_text().splitlines() if line.endswith("}")] if found else []
+        if lines and ready(lines):
+            run_dir = found[0].parent
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run_dir is not None, "the run finished before it could be killed; make it longer"
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    return run_dir

@@ -1,12 +1,11 @@
 """The llm task end to end on the real tiny corpus: training, the store, resume, divergence."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import small_llm_sets
+from conftest import sigkill_when, small_llm_sets
 from reports.summary import write_report
 from suite.cli import main
 from suite.results import read_json, read_metrics
@@ -75,21 +74,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-m", "suite.cli", "run", "--task", "llm", "--opt", "adamw", "--out", str(killed)]
     for s in sets:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    deadline = time.time() + 120
-    metrics = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(killed.glob("runs/llm/*/metrics.jsonl"))
-        if found and found[0].stat().st_size and any(
-                json.loads(line)["step"] >= 23 for line in found[0].read_text().splitlines()[-3:] if line.endswith("}")):
-            metrics = found[0]
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert metrics is not None, "the run finished before it could be killed; make it longer"
-    run_dir = metrics.parent
-    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    run_dir = sigkill_when(cmd, killed, "llm", lambda lines: lines[-1]["step"] >= 23)
 
     assert _run(killed, *sets) == 0
     a, b = read_json(_only_run_dir(straight) / "summary.json"), read_json(run_dir / "summary.json")

@@ -1,16 +1,13 @@
 """The rl task end to end on real MuJoCo: PPO trains with the suite's optimizer, evaluates, resumes."""
 import dataclasses
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from stable_baselines3 import PPO
 
+from conftest import sigkill_when
 from optimizers.adamw import SPEC as ADAMW
 from optimizers.adamw import make as make_adamw
 from suite.cli import main
@@ -188,20 +185,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     cmd = [sys.executable, "-c", code, "run", "--task", "rl", "--opt", "adamw", "--out", str(killed)]
     for k, v in sets(**changes).items():
         cmd += ["--set", f"{k}={v}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    deadline, metrics = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(killed.glob("runs/rl/*/metrics.jsonl"))
-        lines = [json.loads(line) for line in found[0].read_text().splitlines() if line.endswith("}")] if found else []
-        if any(m["name"] == "loss" and m["step"] > 1024 for m in lines):
-            metrics = found[0]  # an update after step 1024 was logged: the checkpoint at 1024 exists
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert metrics is not None, "the run finished before it could be killed; make it longer"
-    run_dir = metrics.parent
-    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    # an update after step 1024 was logged: the checkpoint at 1024 exists
+    run_dir = sigkill_when(cmd, killed, "rl", lambda lines: any(m["name"] == "loss" and m["step"] > 1024 for m in lines))
 
     assert cli(killed, **changes) == 0
     a, b = read_json(only_run_dir(tmp_path / "straight") / "summary.json"), read_json(run_dir / "summary.json")
