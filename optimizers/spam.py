@@ -122,6 +122,12 @@ class SPAM(torch.optim.Optimizer):
         self._step = 0                       # K: completed calls; call t = K + 1
         self._since_restart = warmup_steps + 1  # C: starts past N, so no warmup before the first reset
         self._inf_steps: dict[torch.device, torch.Tensor] = {}
+        # Telemetry (off by default; spike instruments switch it on): entries clipped by the last
+        # step per parameter (eager path only; the compiled kernel does not count), and whether
+        # the last step reset the moments.
+        self.track_clipping = False
+        self.clipped_last_step: dict[torch.Tensor, int] | None = {}
+        self.reset_last_step = False
         # Work buffers of the cache blocks (per device and dtype, `block_size` elements each on CPU):
         # scratch, not optimizer state; they are neither saved nor counted.
         self.block_size = block_size
@@ -211,7 +217,9 @@ class SPAM(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         t, dt = self._step + 1, self.reset_interval
-        if dt > 0 and t % dt == 0:
+        self.reset_last_step = dt > 0 and t % dt == 0
+        self.clipped_last_step = None if self.compiled else {}
+        if self.reset_last_step:
             self._reset_moments()
         scale = warmup_factor(self._since_restart, self.warmup_steps)
         clip = self.spike_threshold != 0 and t >= self.clip_delay and (dt == 0 or t % dt >= self.clip_delay)
@@ -354,7 +362,7 @@ class SPAM(torch.optim.Optimizer):
             ps.clear(), gs.clear(), ms.clear(), vs.clear(), scatters.clear()
             used = 0
 
-        def clipped(g: torch.Tensor, v: torch.Tensor, at: int, n: int, out: torch.Tensor) -> torch.Tensor:
+        def clipped(g: torch.Tensor, v: torch.Tensor, at: int, n: int, out: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
             """g with spikes (g² > θv, as SPAM.md writes it) replaced by sign(g)·sqrt(θv)."""
             limit2, diff = torch.mul(v, theta, out=lim2[at:at + n]), sq[at:at + n]
             if device.type == "cpu":
@@ -367,6 +375,8 @@ class SPAM(torch.optim.Optimizer):
             spike = torch.gt(torch.mul(g, g, out=diff), limit2)
             if guard:
                 spike.logical_and_(v > 0)
+            if self.track_clipping and self.clipped_last_step is not None:
+                self.clipped_last_step[owner] = self.clipped_last_step.get(owner, 0) + int(spike.sum())
             return torch.where(spike, limit2.sqrt_().copysign_(g), g, out=out)
 
         for it in dense:
@@ -379,7 +389,7 @@ class SPAM(torch.optim.Optimizer):
                 if used + n > size:
                     flush()
                 ps.append(pf[s:e]), ms.append(mf[s:e]), vs.append(vf[s:e])
-                gs.append(clipped(gf[s:e], vf[s:e], used, n, gbuf[used:used + n]))
+                gs.append(clipped(gf[s:e], vf[s:e], used, n, gbuf[used:used + n], it.p))
                 used += n
         for it in masked:
             pf, gf, mf, vf = it.target.view(-1), it.g, it.state["exp_avg"], it.state["exp_avg_sq"]
@@ -392,7 +402,7 @@ class SPAM(torch.optim.Optimizer):
                 index = self._positions(src, base, ibuf[used:used + n])
                 gsel = torch.index_select(gf, 0, index, out=gbuf[used:used + n])
                 if clip:
-                    gsel = clipped(gsel, vf[s:e], used, n, gsel)   # in place if there is a spike
+                    gsel = clipped(gsel, vf[s:e], used, n, gsel, it.p)   # in place if there is a spike
                 # The update lands in a zeroed block, then is added at the masked positions: as
                 # fast as gathering p and copying it back, and needs no int64 copy of the index.
                 psel = pbuf[used:used + n].zero_()

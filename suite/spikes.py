@@ -203,6 +203,39 @@ class SpikeInstruments:
         self.loss_spikes = LossSpikeDetector(fields.loss_spike_factor)
         self.recovery = RecoveryTracker()
         self.counts: dict[str, int] = {}
+        self.role_of = {id(p): COARSE_ROLE[info.role_of(n)] for n, p in model.named_parameters()}
+        self.optimizer_steps = 0
+        self.clipped: dict[str, int] = {}   # entries an optimizer clipped (SPAM), per role
+        self.reset_steps: list[int] = []    # optimizer steps on which it reset its moments
+        self.watching = False
+        self._pending: dict[str, float] = {}
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count what a spike-aware optimizer (one with `track_clipping`, e.g. SPAM) did each step:
+        entries clipped per role and momentum resets, via a step post-hook."""
+        if not hasattr(optimizer, "track_clipping"):
+            return
+        optimizer.track_clipping = True
+        self.watching = True
+
+        def after_step(opt: Any, args: Any, kwargs: Any) -> None:
+            self.optimizer_steps += 1
+            metrics: dict[str, float] = {}
+            if opt.reset_last_step:
+                self.reset_steps.append(self.optimizer_steps)
+                metrics["optimizer_reset"] = 1.0
+            for p, n in (opt.clipped_last_step or {}).items():
+                role = self.role_of.get(id(p), "other")
+                self.clipped[role] = self.clipped.get(role, 0) + n
+                metrics[f"clipped/{role}"] = metrics.get(f"clipped/{role}", 0.0) + n
+            self._pending = metrics
+
+        optimizer.register_step_post_hook(after_step)
+
+    def take_optimizer_metrics(self) -> dict[str, float]:
+        """What the watched optimizer did in its last step (for loops that log per step)."""
+        metrics, self._pending = self._pending, {}
+        return metrics
 
     def before_step(self, step: int) -> tuple[dict[str, float], bool]:
         injected = self.injector.apply(step, self.model.parameters()) if self.injector else False
@@ -228,17 +261,24 @@ class SpikeInstruments:
 
     def state_dict(self) -> dict[str, Any]:
         return {"telemetry": self.telemetry.state_dict() if self.telemetry else None, "counts": dict(self.counts),
+                "optimizer_steps": self.optimizer_steps, "clipped": dict(self.clipped),
+                "reset_steps": list(self.reset_steps),
                 "loss_spikes": self.loss_spikes.state_dict(), "recovery": self.recovery.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.telemetry and state["telemetry"] is not None:
             self.telemetry.load_state_dict(state["telemetry"])
         self.counts = dict(state["counts"])
+        self.optimizer_steps, self.clipped = state["optimizer_steps"], dict(state["clipped"])
+        self.reset_steps = list(state["reset_steps"])
         self.loss_spikes.load_state_dict(state["loss_spikes"])
         self.recovery.load_state_dict(state["recovery"])
 
     def finish(self, run_dir: Path) -> dict[str, Any]:
         out: dict[str, Any] = {"spike_events": dict(sorted(self.counts.items()))}
+        if self.watching:
+            out["clipped_entries"] = dict(sorted(self.clipped.items()))
+            out["reset_steps"] = list(self.reset_steps)
         if self.telemetry:
             self.telemetry.save(run_dir)
             trace = np.stack(self.telemetry.records) if self.telemetry.records else np.zeros((0, 0))
@@ -269,4 +309,5 @@ def attach_to_optimizer(optimizer: torch.optim.Optimizer, instruments: SpikeInst
             log(counter["step"], "optim", metrics)
 
     optimizer.register_step_pre_hook(before_step)
+    instruments.watch(optimizer)
     return counter

@@ -3,7 +3,9 @@ import numpy as np
 import torch
 
 from suite.model_info import ModelInfo
-from suite.spikes import GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, gss, gss_spike_counts
+from suite.spike_config import SpikeFields
+from suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, SpikeInstruments, gss,
+                          gss_spike_counts)
 
 
 def test_gss_is_magnitude_over_the_mean_magnitude_of_the_whole_trajectory():
@@ -21,6 +23,10 @@ def test_spike_counting_finds_exactly_the_planted_spikes():
     found = {tuple(x) for x in np.argwhere(gss(trace) > 50)}
     assert found == planted
     assert gss_spike_counts(trace, ["norm", "norm", "mlp", "mlp", "output", "output"]) == {"norm": 2, "mlp": 1, "output": 1}
+
+
+def _fields(**changes) -> SpikeFields:
+    return SpikeFields(**{"telemetry": False, **changes})
 
 
 def _model_and_info():
@@ -65,3 +71,25 @@ def test_loss_spike_is_k_times_the_running_median_and_recovery_is_counted():
     for step, (loss, injected) in enumerate([(1.0, False)] * 10 + [(5.0, True), (3.0, False), (1.04, False)]):
         tracker.observe(step, loss, injected)
     assert tracker.summary() == {"spikes_tracked": 1, "spikes_unrecovered": 0, "recovery_steps_mean": 2.0}
+
+
+def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets():
+    from optimizers.spam import SPAM
+
+    model, info = _model_and_info()
+    opt = SPAM(model.parameters(), lr=1e-3, reset_interval=40, clip_delay=5, spike_threshold=5000.0)
+    instruments = SpikeInstruments(model, info, _fields(), seed=0)
+    instruments.watch(opt)
+    weight = model[0].weight
+    for step in range(1, 61):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.01)
+        if step == 30:
+            weight.grad.view(-1)[[3, 17, 40]] = 100.0  # |g| = 1e4 x RMS: far past sqrt(5000) x sqrt(v)
+        opt.step()
+        expected = {weight: 3} if step == 30 else {}
+        assert {p: n for p, n in opt.clipped_last_step.items() if n} == expected
+        metrics = instruments.take_optimizer_metrics()
+        assert metrics.get("clipped/mlp", 0.0) == (3.0 if step == 30 else 0.0)
+    assert instruments.reset_steps == [40]
+    assert instruments.clipped == {"mlp": 3}

@@ -66,6 +66,7 @@ class Trainer:
         info = self.model.model_info()
         self.optimizer = run.make_optimizer(self.model, info, lr=self.config.lr)
         self.spikes = SpikeInstruments(self.model, info, self.config, seed=run.spec.seed)
+        self.spikes.watch(self.optimizer)
         c = self.config
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
@@ -108,6 +109,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        metrics.update(self.spikes.take_optimizer_metrics())
         metrics.update(self.spikes.after_step(self.step + 1, loss_sum, injected))
         return loss_sum, {"grad_norm": norm, **metrics}
 

@@ -124,6 +124,7 @@ class Trainer:
         self.spikes = SpikeInstruments(model, info, self.config, seed=self.run.spec.seed)
         if self.spikes_state is not None:
             self.spikes.load_state_dict(self.spikes_state)
+        self.spikes.watch(self.optimizer)
         return self.optimizer
 
     def fit(self) -> dict[str, Any]:
