@@ -226,6 +226,9 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None)
             blocks += [Block("h3", f"{task} · {scale} · {problem}"), Block("table", table=_entry_table(g))]
             blocks += [Block("img", name) for name in (f"curves-{slug}.png", f"final-{slug}.png") if name in images]
             blocks += paper.blocks(task, scale, problem, g)
+    from reports import spikes  # imports this module's Block and Table
+
+    blocks += spikes.blocks(runs)
     blocks += [Block("h2", "Method"), Block("p", method_note())]
     return blocks
 

@@ -81,6 +81,9 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             "task_config": json.dumps(spec.get("task_config", {}), sort_keys=True),
             "problem": _problem(s), "problem_key": _problem_key(s, spec), "recipe": _recipe(s), "grad_clip": s.get("grad_clip"),
             "tokens_per_s": s.get("tokens_per_s"), "finished_at": finished.isoformat(timespec="seconds"),
+            **{k: (json.dumps(s[k], sort_keys=True) if k in s else None)
+               for k in ("gss_spikes", "clipped_entries", "spike_events")},
+            "robustness": s.get("robustness"), "recovery_steps_mean": s.get("recovery_steps_mean"),
         }
         runs.append(run)
         base = {k: run[k] for k in RUN_COLUMNS}

@@ -33,3 +33,15 @@ def test_spam_ablations_run_end_to_end(tmp_path, ablation):
     pytest.importorskip("optimizers.spam")
     s = _run(tmp_path, "spam", *([ablation] if ablation else []), "steps=1100")
     assert s["status"] == "complete" and s["steps"] == 1100
+
+
+def test_report_shows_spike_counts_and_robustness_per_optimizer(out_dir):
+    from reports.build import write_leaderboard
+
+    _run(out_dir, "adamw")
+    markdown, _ = write_leaderboard(out_dir, plots=False)
+    section = markdown[markdown.index("## Gradient spikes"):]
+    row = next(line for line in section.splitlines() if line.startswith("| adamw |"))
+    summary = next(iter(read_json(p) for p in out_dir.glob("runs/spikes/*/summary.json")))
+    assert f"other {summary['gss_spikes']['other']}" in row
+    assert row.split("|")[6].strip() == f"{summary['robustness']:.3g}"
