@@ -33,7 +33,10 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
         from reports import plots as figures  # matplotlib only when drawing
 
         table = leaderboard.entries(runs)
+        from reports import spikes
+
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
+        images |= spikes.plot_traces(long, runs, report_dir)
     filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v)
     blocks = leaderboard.build(runs, filters=filters, images=images)
     markdown = leaderboard.to_markdown(blocks)

@@ -228,7 +228,7 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None)
             blocks += paper.blocks(task, scale, problem, g)
     from reports import spikes  # imports this module's Block and Table
 
-    blocks += spikes.blocks(runs)
+    blocks += spikes.blocks(runs, images)
     blocks += [Block("h2", "Method"), Block("p", method_note())]
     return blocks
 
