@@ -76,6 +76,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from optimizers.state_io import restore_saved_dtypes
 from suite.config import param
 from suite.model_info import MATRIX_ROLES, ModelInfo
 from suite.registry import OptimizerSpec
@@ -440,13 +441,7 @@ class SPAM(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        # torch casts every state tensor to the param dtype; keep float32 moments and integer masks.
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            for key, value in state_dict["state"].get(i, {}).items():
-                if torch.is_tensor(value):
-                    self.state[p][key] = value.to(device=p.device)
+        restore_saved_dtypes(self, state_dict)  # float32 moments and integer masks stay as saved
         extra = state_dict.get("spam")
         if extra is not None:
             self._step, self._since_restart = int(extra["step"]), int(extra["since_restart"])

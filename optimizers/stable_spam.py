@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from optimizers.state_io import restore_saved_dtypes
 from suite.config import param
 from suite.model_info import ModelInfo
 from suite.registry import OptimizerSpec
@@ -133,14 +134,8 @@ class StableSPAM(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        # torch casts state tensors to the parameter dtype (lossy for bf16 params); the EMAs are
-        # taken again from the saved tensors, at their own (float32 or wider) dtype.
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in zip(ids, params):
-            for key, value in state_dict["state"].get(i, {}).items():
-                if key in EMA_KEYS:
-                    self.state[p][key] = value.to(device=p.device, copy=True)
+        # The EMAs are taken again from the saved tensors, at their own (float32 or wider) dtype.
+        restore_saved_dtypes(self, state_dict, EMA_KEYS)
         extra = state_dict.get("stable_spam")
         if extra is not None:
             self._calls = int(extra["calls"])
