@@ -68,6 +68,10 @@ class StableSPAM(torch.optim.Optimizer):
         self.reset_interval, self.total_steps, self.eta_min = reset_interval, total_steps, eta_min
         self.fresh_reset = fresh_reset
         self._calls = 0  # T: completed step() calls
+        # Telemetry, as SPAM: AdaClip'd entries per parameter and resets in the last step.
+        self.track_clipping = False
+        self.clipped_last_step: dict[torch.Tensor, int] = {}
+        self.reset_last_step = False
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -79,6 +83,7 @@ class StableSPAM(torch.optim.Optimizer):
         self._calls += 1
         t, dt = self._calls, self.reset_interval
         reset = dt > 0 and t % dt == 0
+        self.reset_last_step, self.clipped_last_step = reset, {}  # telemetry (see SPAM)
         s = beta1_scale(t, self.total_steps, self.eta_min)
         g1, g2, g3 = self.gamma1 * s, self.gamma2, self.gamma3
         for group in self.param_groups:
@@ -108,7 +113,10 @@ class StableSPAM(torch.optim.Optimizer):
                 state["m_max"].mul_(g3).add_(gmax, alpha=1 - g3)
                 m_hat = state["m_max"] / (1 - g3**k)
                 ratio = (m_hat / gmax).to(grad.dtype)
-                grad = torch.where(grad.abs() > m_hat.to(grad.dtype), grad * ratio, grad)
+                over = grad.abs() > m_hat.to(grad.dtype)
+                if self.track_clipping:
+                    self.clipped_last_step[p] = int(over.sum())
+                grad = torch.where(over, grad * ratio, grad)
                 # AdaGN: the whole tensor is rescaled to the EMA-normalised norm.
                 n = torch.linalg.vector_norm(grad, dtype=acc)
                 state["m_norm"].mul_(g1).add_(n, alpha=1 - g1)

@@ -45,3 +45,10 @@ def test_report_shows_spike_counts_and_robustness_per_optimizer(out_dir):
     summary = next(iter(read_json(p) for p in out_dir.glob("runs/spikes/*/summary.json")))
     assert f"other {summary['gss_spikes']['other']}" in row
     assert row.split("|")[6].strip() == f"{summary['robustness']:.3g}"
+
+
+@pytest.mark.parametrize("opt", ["spam", "stable_spam"])
+def test_spike_aware_optimizers_report_what_they_clipped_and_when_they_reset(out_dir, opt):
+    s = _run(out_dir, opt, "steps=1100")
+    assert s["reset_steps"] == ([500, 1000] if opt == "spam" else [1000])
+    assert sum(s["clipped_entries"].values()) > 0

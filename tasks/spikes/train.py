@@ -32,6 +32,7 @@ def train(run: Any, config: SpikesConfig, log: Any | None) -> dict[str, Any]:
     info = model.model_info()
     optimizer = run.make_optimizer(model, info, lr=config.lr)
     spikes = SpikeInstruments(model, info, config, seed=run.spec.seed)
+    spikes.watch(optimizer)
     clip = run.optimizer.grad_clip
     objective, diverged_step = float("nan"), None
     for step in range(1, config.steps + 1):
