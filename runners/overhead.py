@@ -4,7 +4,7 @@ The same 8 tiny llm specs (1 torch thread each) run (a) one after another in thi
 `runners.local.execute`, and (b) as a Ray Tune sweep with one trial at a time, so the difference
 is Ray's own overhead (start-up, scheduling, trial processes, checkpoint reports); (c) the same
 sweep with two trials at once shows what Ray buys on a 2-core machine. Each phase writes to its
-own fresh store. Usage: `python -m runners.overhead [--trials 8] [--steps 150]`.
+own fresh store. Usage: `python -m runners.overhead [--trials 8] [--steps 600]`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _specs(trials: int, steps: int) -> list:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runners.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=600)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
