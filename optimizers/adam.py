@@ -19,6 +19,12 @@ from suite.tuning import Dist
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def kernel_choice(params: list[torch.nn.Parameter], fused: bool) -> dict[str, bool | None]:
+    """torch's fused Adam(W) kernel where every parameter's dtype allows it, else the foreach path."""
+    use_fused = fused and all(p.dtype in FUSED_DTYPES for p in params)
+    return {"fused": use_fused or None, "foreach": None if use_fused else True}
+
+
 @dataclass
 class AdamConfig:
     beta1: float = param(0.9, "First-moment decay.", ge=0.0, lt=1.0)
@@ -31,9 +37,8 @@ class AdamConfig:
 def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float, beta2: float,
          eps: float, weight_decay: float, fused: bool) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    use_fused = fused and all(p.dtype in FUSED_DTYPES for p in params)
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                            fused=use_fused or None, foreach=None if use_fused else True)
+                            **kernel_choice(params, fused))
 
 
 SEARCH = {"lr": Dist(1e-4, 1e-2, log=True), "opt.beta2": Dist(0.95, 0.999)}

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from optimizers.adam import SEARCH, kernel_choice
 from suite.config import param
 from suite.model_info import ModelInfo
 from suite.registry import OptimizerSpec
-from suite.tuning import Dist
 
 
 @dataclass
@@ -27,9 +27,8 @@ class AdamWConfig:
 def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float, beta2: float,
          eps: float, weight_decay: float, fused: bool) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    use_fused = fused and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in params)
     return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                             fused=use_fused or None, foreach=None if use_fused else True)
+                             **kernel_choice(params, fused))
 
 
 SPEC = OptimizerSpec(
@@ -38,5 +37,5 @@ SPEC = OptimizerSpec(
     config_cls=AdamWConfig,
     description="torch.optim.AdamW (fused where available)",
     reference="torch 2.13 torch.optim.AdamW",
-    search_space={"lr": Dist(1e-4, 1e-2, log=True), "opt.beta2": Dist(0.95, 0.999)},
+    search_space=SEARCH,
 )

@@ -10,7 +10,6 @@ import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pandas as pd
 
@@ -170,14 +169,3 @@ def to_markdown(table: pd.DataFrame) -> str:
             lines.append(f"| {r.optimizer} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {r.n_seeds} | {r.diverged} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def write_report(out_root: Path) -> tuple[str, Path]:
-    """Write results.parquet and summary.md under <out>/report; returns (markdown, report folder)."""
-    runs, long = load_runs(RunStore(out_root))
-    report_dir = out_root / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    long.to_parquet(report_dir / "results.parquet", index=False)
-    markdown = to_markdown(summary_table(runs))
-    (report_dir / "summary.md").write_text(markdown)
-    return markdown, report_dir

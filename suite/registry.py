@@ -57,7 +57,10 @@ class OptimizerSpec:
                 for f in dataclasses.fields(self.config_cls)}
 
     def build(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
-        config = build_config(self.config_cls, hparams, prefix="opt.")
+        return self.instantiate(model, model_info, lr, build_config(self.config_cls, hparams, prefix="opt."))
+
+    def instantiate(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, config: Any) -> torch.optim.Optimizer:
+        """The optimizer for an already-validated config dataclass."""
         return self.factory(model, model_info, lr=lr, **dataclasses.asdict(config))
 
 

@@ -33,7 +33,7 @@ class ResolvedRun:
     opt_config: Any
 
     def make_optimizer(self, model: torch.nn.Module, model_info: ModelInfo, *, lr: float) -> torch.optim.Optimizer:
-        return self.optimizer.factory(model, model_info, lr=lr, **dataclasses.asdict(self.opt_config))
+        return self.optimizer.instantiate(model, model_info, lr, self.opt_config)
 
     def record(self) -> dict[str, Any]:
         """What spec.json holds: identity, plus every effective value (defaults included)."""

@@ -6,7 +6,7 @@ import sys
 import time
 
 from conftest import sigkill_when, small_llm_sets
-from reports.summary import write_report
+from reports.build import write_leaderboard
 from suite.cli import main
 from suite.results import read_json, read_metrics
 
@@ -61,8 +61,8 @@ def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(out_dir):
     summary = read_json(_only_run_dir(out_dir) / "summary.json")
     assert summary["status"] == "diverged" and summary["value"] is None
     assert 1 <= summary["diverged_step"] < 30
-    markdown, _ = write_report(out_dir)
-    assert "| adamw | – | – | 1 | 1 |" in markdown
+    _, report_dir = write_leaderboard(out_dir, plots=False)
+    assert "| adamw | – | – | 1 | 1 |" in (report_dir / "summary.md").read_text()
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
@@ -85,7 +85,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 def test_report_summarises_seeds_per_optimizer(out_dir):
     for seed in ("0", "1"):
         assert _run(out_dir, *small_llm_sets(steps=10), extra=["--seed", seed]) == 0
-    markdown, report_dir = write_report(out_dir)
+    _, report_dir = write_leaderboard(out_dir, plots=False)
+    markdown = (report_dir / "summary.md").read_text()
     assert "## llm (tiny;" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| adamw |"))
     assert row.split("|")[4].strip() == "2"  # two seeds
