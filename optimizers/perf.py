@@ -3,8 +3,8 @@
 One process, plain `nn.Parameter`s with a `ModelInfo` of roles (no task import), random gradients,
 median of `--steps` timed steps after `--warmup` untimed ones; the optimizers take turns step by step
 so that load from other processes hits them alike. The warm-up (default 25 > clip_delay 20) puts the
-timed steps inside SPAM's clip window, where nearly all of its steps are; it also absorbs the one-off
-torch.compile of the `compiled` rows.
+timed steps inside SPAM's clip window, where nearly all of its steps are; it also absorbs the
+one-off build of SPAM's C kernel and, with `--kernels`, the torch.compile of the `compiled` rows.
 """
 from __future__ import annotations
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--no-third-party", action="store_true", help="skip pytorch_optimizer's SPAM (slow on CPU)")
     ap.add_argument("--no-zoo", action="store_true", help="skip the other registered optimizers")
+    ap.add_argument("--kernels", action="store_true",
+                    help="add SPAM's torch-ops kernels (eager, compiled: ~25 s compile) beside the default C kernel")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -106,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         ("spam dense", lambda: make_spam(model, info, lr=1e-3)),
         ("spam density 0.25 (attn/MLP)", lambda: make_spam(model, info, lr=1e-3, density=0.25)),
         ("spam density 0.3225 (authors' memory match)", lambda: make_spam(model, info, lr=1e-3, density=0.3225)),
-        ("spam dense, compiled", lambda: make_spam(model, info, lr=1e-3, compiled=True)),
-        ("spam density 0.25, compiled", lambda: make_spam(model, info, lr=1e-3, density=0.25, compiled=True)),
     ]
+    if args.kernels:
+        for kernel in ("eager", "compiled"):
+            candidates += [(f"spam dense, {kernel}", lambda k=kernel: make_spam(model, info, lr=1e-3, kernel=k)),
+                           (f"spam density 0.25, {kernel}",
+                            lambda k=kernel: make_spam(model, info, lr=1e-3, density=0.25, kernel=k))]
     try:
         if args.no_third_party:
             raise ImportError

@@ -1,37 +1,27 @@
 """SPAM: Spike-Aware Adam with Momentum Reset (Huang et al., arXiv 2501.06842, ICLR 2025).
 
 Our own implementation of the official HEAD semantics (TianjinYellow/SPAM-Optimizer `e8185fb`, as
-described in shared/reference/SPAM.md §1.3-1.4). Two kernels, same results (tests compare both with a
-literal oracle, with whole tensors and with tiny cache blocks):
+described in shared/reference/SPAM.md §1.3-1.4). Three kernels, same results (tests compare each
+with a literal oracle over 1,200 steps); `kernel="auto"` (default) takes the first that applies:
 
-- eager (default): on CPU, every tensor is processed in cache blocks of `block_size` = 2^18
-  elements (small tensors share a block). Per block: θv, g² and max(g² - θv) find whether the
-  block has a spike at all (spikes are rare; a block without one needs no sqrt and no copy);
-  blocks with one get g replaced by sign(g)·sqrt(θv) where g² > θv into a work buffer; then
-  torch's fused AdamW kernel runs on the block while it is still in cache. Masked entries are
-  gathered (index_select), updated in a zeroed buffer and added back (index_add_). The work
-  buffers (about 6 MiB per device and dtype on CPU; the largest tensor on accelerators, which
-  take whole tensors) are reused across steps, are not optimizer state and are not saved.
-- `compiled=True`: clip + Adam fused into one torch.compile kernel per tensor (one memory pass,
-  like fused AdamW); masked entries: gather + clip + Adam + scatter in one kernel per block. It
-  costs a one-off compile per process (about 25 s cold on 2 CPU cores, about 5 s from inductor's
-  cache), which is why it is not the default: benchmark runs are many short processes.
+- native: float32 tensors on CPU go through `spam_kernel.c` (built on first use in < 1 s by
+  `spam_native`), one pass over memory per tensor like torch's fused AdamW, with the spike test
+  folded in: each chunk of 2048 entries first checks g² > θv with one vectorised comparison, and
+  only chunks with a spike clip. Masked tensors stream through their bitmap: packed gradient
+  entries, contiguous Adam on the compact moments, updates unpacked onto p (AVX-512
+  compress/expand where the CPU has it), so d = 0.25 is faster than dense.
+- eager: torch ops (accelerators, bf16 state, no C compiler). On CPU tensors go in cache blocks of
+  `block_size` = 2^18 elements: g² - θv and a max find whether a block has a spike at all; then
+  torch's fused AdamW kernel runs on the block while it is still in cache. Masked entries: the
+  bitmap is decoded per block (nonzero), gathered (index_select), updated, added back (index_add_);
+  on CPU that decoding makes it slow, on accelerators a whole tensor decodes without a host sync.
+- `kernel="compiled"`: clip + Adam fused into one torch.compile kernel per tensor (and gather +
+  clip + Adam + scatter for masked entries): a one-off compile per process of about 25 s cold on 2
+  CPU cores, which is why it is never chosen automatically; useful on accelerators.
 
-Step cost on LLaMA-60M shapes (58.07M params, random gradients, inside the clip window),
-measured as 1-thread CPU time (`time.thread_time`, min of 5; the machine was too loaded for a fair
-2-thread wall-clock `spambench perf`), torch fused AdamW = 1.00x (40 ms):
-
-| SPAM variant                         | before (whole-tensor clip) | now    |
-|--------------------------------------|----------------------------|--------|
-| eager dense                          | 7.09x                      | 2.12x  |
-| eager density 0.25 (attn/MLP)        | 6.16x                      | 2.05x  |
-| eager density 0.3225 (uint8 gaps)    | -                          | 2.37x  |
-| compiled dense                       | 1.41x                      | 1.39x  |
-| compiled density 0.25                | 1.50x                      | 1.61x  |
-
-The eager clip used to allocate several multi-hundred-MB temporaries per step (the `sys` time of
-page faults); it now allocates nothing per step. On CPU the index kernels (index_select,
-index_add_) are scalar and single-threaded, so sparse momentum saves memory, not time.
+`spambench perf` (LLaMA-60M shapes, 2 CPU threads, idle machine; README has the whole table):
+fused AdamW 1.00x, native dense 1.09x, native d = 0.25 0.77x (2.12 B per masked weight), eager
+dense 1.96x, compiled dense 1.84x.
 
 Names (ours -> official HEAD -> pytorch_optimizer 4.1):
 
@@ -58,15 +48,12 @@ Defects of the official code (SPAM.md §1.6) and what we do:
 | params without a gradient on a reset call keep stale m, v    | the reset zeroes every parameter's moments    |
 
 Other choices: the per-parameter bias-correction count k_p is never reset (as official); state
-dtype follows the parameter (`state_dtype="param"`, as official) or is float32. Masks are stored as
-the smaller of two encodings of their sorted flat positions: int32 indices (4 B per masked entry)
-while d <= 1/4, else uint8 gaps between consecutive positions (1 B per masked entry, plus an int64
-anchor every 65536 entries; decoded with one cumsum per block). With fp32 moments that is
-min(12d, 9d) <= 8d + 1 bytes per weight of the masked group (a bool mask would be 8d + 1, and
-slow to decode: nonzero() costs ~4 ns per weight on CPU). A gap over 255 (probability (1-d)^255
-per entry) falls back to int32 indices. The spike test is g² > θv exactly as written (§1.3), in
-both kernels. The intersection copy at resampling is not done: the call right after a resample
-is always a reset call, which zeroes every moment anyway.
+dtype follows the parameter (`state_dtype="param"`, as official) or is float32. A mask is stored as
+packed bits (bit j of byte b: flat position 8b + j), 1/8 B per weight, plus its entry count; with
+fp32 moments the masked group's state is 8d + 1/8 bytes per weight (sorted int32 indices would be
+12d, a bool mask 8d + 1). The spike test is g² > θv exactly as written (§1.3), in every kernel.
+The intersection copy at resampling is not done: the call right after a resample is always a
+reset call, which zeroes every moment anyway.
 """
 from __future__ import annotations
 
@@ -76,14 +63,36 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from optimizers import spam_native
 from optimizers.state_io import restore_saved_dtypes
 from suite.config import param
 from suite.model_info import MATRIX_ROLES, ModelInfo
 from suite.registry import OptimizerSpec
 
 STATE_DTYPES = ("param", "float32")
-ANCHOR = 1 << 16          # gap-encoded masks keep the absolute position every ANCHOR entries
+KERNELS = ("auto", "native", "eager", "compiled")
 DEFAULT_BLOCK = 1 << 18   # elements per CPU cache block (1 MiB of fp32 per buffer)
+
+
+def pack_mask(keep: torch.Tensor) -> torch.Tensor:
+    """A flat bool mask as bits: bit j of byte b is position 8b + j, bytes padded to a multiple of 8
+    (the C kernel reads 64-bit words; the padding bits are 0)."""
+    padded = torch.zeros(-(-keep.numel() // 64) * 64, dtype=torch.uint8, device=keep.device)
+    padded[:keep.numel()] = keep
+    weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=keep.device)
+    return padded.view(-1, 8).mul_(weights).sum(1, dtype=torch.uint8)
+
+
+def _mask_block(block: int) -> int:
+    """Positions per block of a masked tensor: a whole number of mask bytes."""
+    return max(8, block // 8 * 8)
+
+
+def unpack_mask(bits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Positions [start, end) of a packed mask as bools; `start` is a multiple of 8."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    byte_bits = bits[start // 8:(end + 7) // 8, None].bitwise_right_shift(shifts).bitwise_and_(1)
+    return byte_bits.view(-1)[:end - start].bool()
 
 
 def warmup_factor(counter: int, warmup_steps: int) -> float:
@@ -104,27 +113,29 @@ class SPAM(torch.optim.Optimizer):
                  eps: float = 1e-6, weight_decay: float = 0.0, *, reset_interval: int = 500,
                  warmup_steps: int = 150, spike_threshold: float = 5000.0, clip_delay: int = 20,
                  guard_zero_v: bool = False, state_dtype: str = "param", mask_seed: int = 0,
-                 compiled: bool = False, block_size: int = DEFAULT_BLOCK):
+                 kernel: str = "auto", block_size: int = DEFAULT_BLOCK):
         checks = {"lr": lr >= 0, "eps": eps >= 0, "weight_decay": weight_decay >= 0,
                   "betas": all(0.0 <= b < 1.0 for b in betas), "spike_threshold": spike_threshold >= 0,
                   "reset_interval": isinstance(reset_interval, int) and reset_interval >= 0,
                   "warmup_steps": isinstance(warmup_steps, int) and warmup_steps >= 0,
                   "clip_delay": isinstance(clip_delay, int) and clip_delay >= 0,
-                  "state_dtype": state_dtype in STATE_DTYPES,
+                  "state_dtype": state_dtype in STATE_DTYPES, "kernel": kernel in KERNELS,
                   "block_size": isinstance(block_size, int) and block_size > 0}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"SPAM: invalid {name}={locals()[name]!r}")
         self.reset_interval, self.warmup_steps = reset_interval, warmup_steps
         self.spike_threshold, self.clip_delay = float(spike_threshold), clip_delay
-        self.guard_zero_v, self.state_dtype, self.compiled = guard_zero_v, state_dtype, compiled
+        self.guard_zero_v, self.state_dtype, self.kernel = guard_zero_v, state_dtype, kernel
+        if kernel == "native" and spam_native.load() is None:
+            raise RuntimeError(f"SPAM: kernel='native' is unavailable: {spam_native.unavailable_reason()}")
         self._mask_gen = torch.Generator(device="cpu")
         self._mask_gen.manual_seed(mask_seed)
         self._step = 0                       # K: completed calls; call t = K + 1
         self._since_restart = warmup_steps + 1  # C: starts past N, so no warmup before the first reset
         self._inf_steps: dict[torch.device, torch.Tensor] = {}
         # Telemetry (off by default; spike instruments switch it on): entries clipped by the last
-        # step per parameter (eager path only; the compiled kernel does not count), and whether
+        # step per parameter (native and eager kernels; the compiled one does not count), and whether
         # the last step reset the moments.
         self.track_clipping = False
         self.clipped_last_step: dict[torch.Tensor, int] | None = {}
@@ -133,7 +144,6 @@ class SPAM(torch.optim.Optimizer):
         # scratch, not optimizer state; they are neither saved nor counted.
         self.block_size = block_size
         self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}
-        self._anchors: dict[int, tuple[torch.Tensor, list[int]]] = {}
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     # ---- masks -------------------------------------------------------------------------------
@@ -156,46 +166,20 @@ class SPAM(torch.optim.Optimizer):
             self._store_mask(p, keep)
 
     def _store_mask(self, p: torch.Tensor, keep: torch.Tensor) -> None:
-        """Keep the smaller encoding of the sorted flat positions of the masked entries:
-        int32 indices (4 B per masked entry) while at most a quarter of the entries are masked,
-        else uint8 gaps between consecutive positions (1 B per masked entry, plus an int64 anchor
-        every ANCHOR entries). With fp32 moments the state is min(12d, 9d) <= 8d + 1 bytes per
-        weight. Gaps over 255 (probability (1-d)^255 per entry, about 1e-32 at d = 1/4) fall back
-        to int32 indices."""
+        """Keep the mask as packed bits (1/8 B per weight) and its entry count: with fp32 moments the
+        state is 8d + 1/8 bytes per weight of the masked group. Sorted int32 indices would be
+        12d; the C kernel streams through a bitmap at full memory bandwidth (see spam_kernel.c)."""
         state = self.state[p]
-        for key in ("mask_index", "mask_gaps", "mask_anchors"):
-            state.pop(key, None)
-        positions = keep.view(-1).nonzero().squeeze(1)
-        gaps = torch.diff(positions, prepend=positions.new_full((1,), -1))
-        if 4 * positions.numel() <= p.numel() or p.numel() >= 2**31 or bool((gaps > 255).any()):
-            state["mask_index"] = positions.to(device=p.device, dtype=torch.int32)
-        else:
-            state["mask_gaps"] = gaps.to(device=p.device, dtype=torch.uint8)
-            anchors = torch.cat([positions.new_full((1,), -1), positions[ANCHOR - 1::ANCHOR]])
-            state["mask_anchors"] = anchors.to(p.device)   # position before entry j * ANCHOR
+        state["mask_bits"] = pack_mask(keep.view(-1)).to(p.device)
+        state["mask_count"] = int(keep.sum())
 
     def _mask_count(self, p: torch.Tensor) -> int:
-        state = self.state[p]
-        return (state["mask_index"] if "mask_index" in state else state["mask_gaps"]).numel()
-
-    def _anchor_list(self, p: torch.Tensor, anchors: torch.Tensor) -> list[int]:
-        cached = self._anchors.get(id(p))
-        if cached is None or cached[0] is not anchors:
-            cached = self._anchors[id(p)] = (anchors, anchors.tolist())
-        return cached[1]
+        return self.state[p]["mask_count"]
 
     def mask(self, p: torch.Tensor) -> torch.Tensor | None:
         """The dense boolean mask of `p` (None for unmasked params), for inspection and tests."""
-        state = self.state[p]
-        if "mask_index" in state:
-            index = state["mask_index"].long()
-        elif "mask_gaps" in state:
-            index = torch.cumsum(state["mask_gaps"], 0, dtype=torch.int64).sub_(1)
-        else:
-            return None
-        out = torch.zeros(p.numel(), dtype=torch.bool, device=p.device)
-        out[index] = True
-        return out.view_as(p)
+        bits = self.state[p].get("mask_bits")
+        return None if bits is None else unpack_mask(bits, 0, p.numel()).view_as(p)
 
     def _resample_masks(self) -> None:
         for group in self.param_groups:
@@ -219,7 +203,7 @@ class SPAM(torch.optim.Optimizer):
                 loss = closure()
         t, dt = self._step + 1, self.reset_interval
         self.reset_last_step = dt > 0 and t % dt == 0
-        self.clipped_last_step = None if self.compiled else {}
+        self.clipped_last_step = None if self.kernel == "compiled" else {}
         if self.reset_last_step:
             self._reset_moments()
         scale = warmup_factor(self._since_restart, self.warmup_steps)
@@ -251,7 +235,7 @@ class SPAM(torch.optim.Optimizer):
             # The kernels need contiguous tensors of one dtype; others work on a copy.
             target = p if (p.dtype == sdtype and p.is_contiguous()) else p.detach().to(sdtype).contiguous()
             g = p.grad.to(sdtype).contiguous().view(-1)   # no copy in the common case
-            masked = "mask_index" in state or "mask_gaps" in state
+            masked = "mask_bits" in state
             if "exp_avg" not in state:
                 n = self._mask_count(p) if masked else g.numel()
                 state["step"] = 0
@@ -260,7 +244,7 @@ class SPAM(torch.optim.Optimizer):
                 if not masked:
                     state["exp_avg"], state["exp_avg_sq"] = state["exp_avg"].view(p.shape), state["exp_avg_sq"].view(p.shape)
             state["step"] += 1
-            items.append(_Item(p, target, g, state, masked, state.get("mask_index")))
+            items.append(_Item(p, target, g, state, masked))
         if not items:
             return
         buckets: dict[tuple[Any, ...], list[_Item]] = {}
@@ -268,7 +252,10 @@ class SPAM(torch.optim.Optimizer):
             buckets.setdefault((it.target.device, it.g.dtype, it.state["step"]), []).append(it)
         for (device, dtype, k), bucket in buckets.items():
             step_size = lr * scale * math.sqrt(1.0 - beta2**k) / (1.0 - beta1**k)  # k_p is never reset
-            if self.compiled:
+            kernel = self._kernel_for(device, dtype)
+            if kernel == "native":
+                self._native_bucket(bucket, step_size, beta1, beta2, group["eps"], clip)
+            elif kernel == "compiled":
                 self._compiled_bucket(bucket, device, step_size, beta1, beta2, group["eps"], clip)
             else:
                 self._eager_bucket(bucket, device, dtype, step_size, beta1, beta2, group["eps"], clip)
@@ -280,6 +267,28 @@ class SPAM(torch.optim.Optimizer):
                 it.p.copy_(it.target)
 
     # ---- kernels -----------------------------------------------------------------------------
+    def _kernel_for(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The kernel for one bucket: the C kernel takes float32 on CPU ('auto' and 'native') when
+        it builds; everything else (bf16 state, accelerators, no compiler) takes the torch ops."""
+        if self.kernel in ("auto", "native"):
+            native = device.type == "cpu" and dtype == torch.float32 and spam_native.load() is not None
+            return "native" if native else "eager"
+        return self.kernel
+
+    def _native_bucket(self, bucket: list[_Item], step_size: float, beta1: float, beta2: float, eps: float,
+                       clip: bool) -> None:
+        # Complements in float64 first (1 - float32(0.999) is off by 1e-5 relative), then float32 in C.
+        hyper = (self.spike_threshold, beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, int(clip),
+                 int(self.guard_zero_v))
+        for it in bucket:
+            flat, m, v = it.target.view(-1), it.state["exp_avg"].view(-1), it.state["exp_avg_sq"].view(-1)
+            if not it.masked:
+                clipped = spam_native.dense(flat, it.g, m, v, hyper)
+            else:
+                clipped = spam_native.masked(flat, it.g, it.state["mask_bits"], m, v, hyper)
+            if clipped and self.track_clipping and self.clipped_last_step is not None:
+                self.clipped_last_step[it.p] = self.clipped_last_step.get(it.p, 0) + clipped
+
     def _block(self, device: torch.device) -> int:
         """Elements per cache block: CPU works block by block; accelerators take whole tensors."""
         return self.block_size if device.type == "cpu" else 1 << 62
@@ -292,31 +301,19 @@ class SPAM(torch.optim.Optimizer):
             buf = self._scratch[key] = torch.empty(n, dtype=dtype, device=device)
         return buf
 
-    def _segments(self, it: _Item, block: int) -> Iterator[tuple[int, int, torch.Tensor, int]]:
-        """Blocks (start, end) of the compact moments, with the source of their flat positions:
-        an int32 slice of `mask_index`, or a uint8 slice of `mask_gaps` and the position before
-        its first entry (see `_positions`)."""
-        if it.index is not None:
-            k = it.index.numel()
-            for s in range(0, k, block):
-                yield s, min(k, s + block), it.index[s:s + block], 0
+    def _segments(self, it: _Item, block: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The masked entries of `it`, a block of `block` positions at a time: their range (start,
+        end) in the compact moments and their flat positions (int64). A block that is the whole
+        tensor uses the known count, so accelerators need no host sync."""
+        n, bits, count = it.g.numel(), it.state["mask_bits"], it.state["mask_count"]
+        if block >= n:
+            yield 0, count, torch.nonzero_static(unpack_mask(bits, 0, n), size=count).squeeze(1)
             return
-        gaps = it.state["mask_gaps"]
-        k = gaps.numel()
-        if block >= k:
-            yield 0, k, gaps, -1
-            return
-        block = max(ANCHOR, block // ANCHOR * ANCHOR)   # blocks start at anchors
-        anchors = self._anchor_list(it.p, it.state["mask_anchors"])
-        for s in range(0, k, block):
-            yield s, min(k, s + block), gaps[s:s + block], anchors[s // ANCHOR]
-
-    @staticmethod
-    def _positions(src: torch.Tensor, base: int, out: torch.Tensor) -> torch.Tensor:
-        """Flat positions of a block: the int32 slice itself, or base + cumsum(gaps) into `out`."""
-        if src.dtype != torch.uint8:
-            return src
-        return torch.cumsum(src, 0, dtype=torch.int64, out=out).add_(base)
+        block, k = _mask_block(block), 0
+        for s in range(0, n, block):
+            index = unpack_mask(bits, s, min(n, s + block)).nonzero().squeeze(1).add_(s)
+            yield k, k + index.numel(), index
+            k += index.numel()
 
     def _eager_bucket(self, bucket: list[_Item], device: torch.device, dtype: torch.dtype, step_size: float,
                       beta1: float, beta2: float, eps: float, clip: bool) -> None:
@@ -339,13 +336,12 @@ class SPAM(torch.optim.Optimizer):
         # Cache blocking: clip (and gather) one block into work buffers, then run the fused Adam
         # kernel on it while it is still in cache. Small tensors share a block (one kernel call).
         block = self._block(device)
-        if device.type == "cpu":   # gap-encoded masks decode whole anchor intervals
-            size = max(block, ANCHOR) if any(it.index is None for it in masked) else block
+        if device.type == "cpu":
+            size = max(block, _mask_block(block)) if masked else block
         else:
             size = max([it.g.numel() for it in dense] + [it.state["exp_avg"].numel() for it in masked])
         gbuf, sq, lim2 = (self._buffer(name, device, dtype, size) for name in ("g", "g_squared", "limit2"))
         pbuf = self._buffer("p", device, dtype, size) if masked else None
-        ibuf = self._buffer("index", device, torch.int64, size) if masked else None
         theta, guard = self.spike_threshold, self.guard_zero_v
         ps: list[torch.Tensor] = []
         gs: list[torch.Tensor] = []
@@ -394,18 +390,17 @@ class SPAM(torch.optim.Optimizer):
                 used += n
         for it in masked:
             pf, gf, mf, vf = it.target.view(-1), it.g, it.state["exp_avg"], it.state["exp_avg_sq"]
-            for s, e, src, base in self._segments(it, block):
+            for s, e, index in self._segments(it, block):
                 n = e - s
                 if n == 0:
                     continue
                 if used + n > size:
                     flush()
-                index = self._positions(src, base, ibuf[used:used + n])
                 gsel = torch.index_select(gf, 0, index, out=gbuf[used:used + n])
                 if clip:
                     gsel = clipped(gsel, vf[s:e], used, n, gsel, it.p)   # in place if there is a spike
                 # The update lands in a zeroed block, then is added at the masked positions: as
-                # fast as gathering p and copying it back, and needs no int64 copy of the index.
+                # fast as gathering p and copying it back.
                 psel = pbuf[used:used + n].zero_()
                 ps.append(psel), gs.append(gsel), ms.append(mf[s:e]), vs.append(vf[s:e])
                 scatters.append((pf, index, psel))
@@ -425,10 +420,8 @@ class SPAM(torch.optim.Optimizer):
                 continue
             # Masked: gather, clip, Adam and scatter in one kernel, a cache block at a time (the
             # kernel's only temporary, the updated values before the scatter, stays small).
-            for s, e, src, base in self._segments(it, block):
-                if e > s:   # int64 positions in both encodings: one compiled variant
-                    index = self._buffer("index", device, torch.int64, e - s)[:e - s]
-                    index = self._positions(src, base, index) if src.dtype == torch.uint8 else index.copy_(src)
+            for s, e, index in self._segments(it, block):
+                if e > s:
                     _compiled_kernel("masked")(it.target.view(-1), it.g, index, m[s:e], v[s:e], hp, clip,
                                                self.guard_zero_v)
 
@@ -501,7 +494,6 @@ class _Item:
     g: torch.Tensor
     state: dict[str, Any]
     masked: bool
-    index: torch.Tensor | None   # int32 flat positions (else the mask is stored as gaps)
 
 
 @dataclass
@@ -515,20 +507,20 @@ class SPAMConfig:
     spike_threshold: float = param(5000.0, "θ: clip g to ±sqrt(θ v) where g² > θ v; 0 disables clipping.", ge=0.0)
     clip_delay: int = param(20, "A (official grad_accu_steps): no clipping for A calls after start and after each reset.", ge=0)
     density: float = param(1.0, "Sparse-momentum density on 2-D attention/MLP weights; 1 = dense Adam state. State per masked "
-                                "weight with fp32 moments: 12d B (int32 indices) for d <= 1/4, else 9d B (uint8 gaps).", gt=0.0, le=1.0)
+                                "weight with fp32 moments: 8d + 1/8 B (moments of the masked entries + a packed bitmap).", gt=0.0, le=1.0)
     guard_zero_v: bool = param(False, "Do not clip entries whose v is exactly 0 (official code freezes them).")
     state_dtype: str = param("param", "Moment dtype: 'param' (official: bf16 with bf16 models) or 'float32'.", choices=STATE_DTYPES)
     mask_seed: int = param(0, "Seed of the optimizer's own mask generator (saved in state_dict).", ge=0)
-    compiled: bool = param(False, "Fuse clip + Adam (+ gather/scatter of masked entries) into torch.compile kernels: "
-                                  "dense ~1.4x fused AdamW instead of ~2.1x eager (1-thread CPU time), after a one-off "
-                                  "compile per process of ~25 s cold, ~5 s cached (needs a C++ compiler; triton on CUDA).")
+    kernel: str = param("auto", "Step kernel: 'native' (C, float32 on CPU, built on first use in < 1 s), 'eager' (torch ops), "
+                                "'compiled' (torch.compile; ~25 s cold compile per process); 'auto' = native where it "
+                                "applies, else eager. Same results (tests compare each with the oracle).", choices=KERNELS)
 
 
 def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
          eps: float = 1e-6, weight_decay: float = 0.0, reset_interval: int = 500, warmup_steps: int = 150,
          spike_threshold: float = 5000.0, clip_delay: int = 20, density: float = 1.0,
          guard_zero_v: bool = False, state_dtype: str = "param", mask_seed: int = 0,
-         compiled: bool = False) -> SPAM:
+         kernel: str = "auto") -> SPAM:
     """SPAM for `model`; with density < 1, 2-D attention/MLP weights get masks (as the paper's script)."""
     named = [(n, p, r) for n, p, r in model_info.named_parameters_with_roles(model) if p.requires_grad]
     if density < 1.0:
@@ -541,7 +533,7 @@ def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: flo
     return SPAM(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
                 reset_interval=reset_interval, warmup_steps=warmup_steps, spike_threshold=spike_threshold,
                 clip_delay=clip_delay, guard_zero_v=guard_zero_v, state_dtype=state_dtype, mask_seed=mask_seed,
-                compiled=compiled)
+                kernel=kernel)
 
 
 SPEC = OptimizerSpec(

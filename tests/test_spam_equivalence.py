@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import platform
 import shutil
 
 import pytest
 import torch
 
+from optimizers import spam_native
 from optimizers.spam import SPAM
 from spam_oracle import OracleSPAM
 
@@ -54,19 +56,40 @@ HP = dict(lr=1e-2, weight_decay=0.01, eps=1e-6, reset_interval=500, warmup_steps
           clip_delay=20)
 
 
-KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
-                                                             reason="torch.compile needs a C++ compiler"), id="compiled")]
+KERNELS = ["eager",
+           pytest.param("native", marks=pytest.mark.skipif(spam_native.load() is None, reason=f"the C kernel is "
+                                                          f"unavailable: {spam_native.unavailable_reason()}")),
+           pytest.param("compiled", marks=pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                                                             reason="torch.compile needs a C++ compiler"))]
+
+
+PORTABLE = pytest.param("x86-64-v3", marks=pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 -march"))
 
 
 @pytest.mark.parametrize("block_size", [None, 7], ids=["whole", "blocks_of_7"])   # 7: many blocks, shared ones
-@pytest.mark.parametrize("compiled", KERNELS)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, compiled: bool,
+def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, kernel: str,
                                                                                   block_size: int | None) -> None:
+    if kernel == "native" and (device != "cpu" or block_size):
+        pytest.skip("the C kernel takes CPU tensors whole (block_size is the torch-ops kernel's)")
+    check_against_oracle(device, kernel, block_size)
+
+
+@pytest.mark.parametrize("march", [PORTABLE])
+def test_c_kernel_without_avx512_matches_oracle(march: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AVX-512 compress/expand path is the default on CPUs that have it; the portable one
+    (one count-trailing-zeros per masked entry) must give the same results."""
+    monkeypatch.setenv("SPAMBENCH_KERNEL_ARCH", march)
+    if spam_native.load() is None:
+        pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")
+    check_against_oracle("cpu", "native", None)
+
+
+def check_against_oracle(device: str, kernel: str, block_size: int | None) -> None:
     fast_p, ref_p = make_params(device), make_params(device)
-    fast = SPAM(groups(fast_p, 0.4), **HP, mask_seed=7, compiled=compiled, **({"block_size": block_size} if block_size else {}))
+    fast = SPAM(groups(fast_p, 0.4), **HP, mask_seed=7, kernel=kernel, **({"block_size": block_size} if block_size else {}))
     ref = OracleSPAM(groups(ref_p, 0.4), **HP, mask_seed=7)
-    assert {"mask_gaps", "mask_index"} <= {k for s in fast.state.values() for k in s}
     for t in range(1, 1201):
         for k, g in grads(t, fast_p).items():
             fast_p[k].grad = g
@@ -121,9 +144,10 @@ def test_state_dict_round_trip_continues_bit_identically(device: str) -> None:
 
     for k in SHAPES:
         assert torch.equal(resumed_p[k], straight_p[k]), k
-        for key in ("exp_avg", "exp_avg_sq", "mask_index", "mask_gaps", "mask_anchors"):
+        for key in ("exp_avg", "exp_avg_sq", "mask_bits"):
             if key in straight.state[straight_p[k]]:
                 assert torch.equal(resumed.state[resumed_p[k]][key], straight.state[straight_p[k]][key]), (k, key)
+        assert resumed.state[resumed_p[k]].get("mask_count") == straight.state[straight_p[k]].get("mask_count")
 
 
 @pytest.mark.parametrize("state_dtype, expected", [("param", torch.bfloat16), ("float32", torch.float32)])

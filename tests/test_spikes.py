@@ -1,5 +1,6 @@
 """Spike instruments: the GSS formula, planted-spike counting, injection that ignores the optimizer."""
 import numpy as np
+import pytest
 import torch
 
 from suite.model_info import ModelInfo
@@ -73,11 +74,15 @@ def test_loss_spike_is_k_times_the_running_median_and_recovery_is_counted():
     assert tracker.summary() == {"spikes_tracked": 1, "spikes_unrecovered": 0, "recovery_steps_mean": 2.0}
 
 
-def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets():
+@pytest.mark.parametrize("kernel", ["native", "eager"])
+def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets(kernel: str):
+    from optimizers import spam_native
     from optimizers.spam import SPAM
 
+    if kernel == "native" and spam_native.load() is None:
+        pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")
     model, info = _model_and_info()
-    opt = SPAM(model.parameters(), lr=1e-3, reset_interval=40, clip_delay=5, spike_threshold=5000.0)
+    opt = SPAM(model.parameters(), lr=1e-3, reset_interval=40, clip_delay=5, spike_threshold=5000.0, kernel=kernel)
     instruments = SpikeInstruments(model, info, _fields(), seed=0)
     instruments.watch(opt)
     weight = model[0].weight
