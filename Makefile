@@ -54,13 +54,15 @@ LEADERBOARD_SEEDS ?= 0-2
 LEADERBOARD_SWEEP_ARGS ?=
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)
-	@status=0; \
+	@status=0; begin=$$SECONDS; \
 	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ && $$1 !~ /:/ {print $$1}' | paste -sd, -); \
 	for task in $$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); do \
-	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; \
+	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; start=$$SECONDS; \
 	  $(BIN)/spambench sweep --task $$task --opt $$opts --seeds $(LEADERBOARD_SEEDS) --scale tiny $(OUT_FLAG) $(LEADERBOARD_SWEEP_ARGS) || status=1; \
+	  echo "leaderboard: $$task took $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s"; \
 	done; \
 	$(BIN)/spambench report $(OUT_FLAG) || status=1; \
+	echo "leaderboard: $$(( (SECONDS - begin) / 60 )) min in all (runs already complete in the store are not rerun)"; \
 	exit $$status
 
 perf: $(STAMP)
