@@ -208,6 +208,13 @@ def method_note() -> str:
             f"run of {BASELINE}), ties 1/2, a diverged run loses, averaged over problems (Agarwal et al. 2021).")
 
 
+def _duration(seconds: float) -> str:
+    """Seconds as the largest unit that keeps the number readable."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None) -> list[Block]:
     """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked)."""
     images = images if images is not None else set()
@@ -216,8 +223,10 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None)
         return blocks + [Block("p", f"No complete runs{' match ' + filters if filters else ''}: try `make bench`.")]
     table = entries(runs)
     n_div = int((runs.status == "diverged").sum())
+    run_time = pd.to_numeric(runs.wall_time_s, errors="coerce").sum()
     blocks.append(Block("p", f"{len(runs)} complete runs ({n_div} diverged) of {runs.task.nunique()} tasks and "
-                             f"{runs.optimizer.nunique()} optimizers" + (f"; filters: {filters}" if filters else "") + "."))
+                             f"{runs.optimizer.nunique()} optimizers; {_duration(run_time)} of run time (the runs' "
+                             f"wall-clock times added up)" + (f"; filters: {filters}" if filters else "") + "."))
     blocks += [b for b in _across_blocks(across(table)) if b.kind != "img" or b.text in images]
     for task, tg in table.groupby("task", sort=True):
         blocks.append(Block("h2", task))

@@ -46,6 +46,14 @@ def test_leaderboard_markdown_matches_the_golden_file(full_report):
     assert markdown == GOLDEN.read_text()
 
 
+def test_header_adds_up_the_complete_runs_wall_times(full_report):
+    import json
+    summaries = [json.loads(f.read_text()) for f in (FIXTURES / "report_runs" / "runs").glob("*/*/summary.json")]
+    total = sum(s["wall_time_s"] for s in summaries)
+    assert f"{len(summaries)} complete runs" in full_report[0]
+    assert f"; {total:.0f} s of run time (the runs' wall-clock times added up)." in full_report[0]
+
+
 def test_the_report_folder_has_every_output(full_report):
     _, report_dir = full_report
     names = {p.name for p in report_dir.iterdir()}
