@@ -62,30 +62,27 @@ static int64_t clip_spikes(float *restrict g, const float *restrict v, int64_t n
     return clipped;
 }
 
-/* Adam on contiguous g, m, v; writes the update's subtrahend into u. */
-static void adam_update(const float *restrict g, float *restrict m, float *restrict v, float *restrict u,
-                        int64_t n, const hyper_t *h) {
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i];
-        float mi = h->beta1 * m[i] + h->one_minus_beta1 * gi;
-        float vi = h->beta2 * v[i] + h->one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        u[i] = h->step_size * (mi / (sqrtf(vi) + h->eps));
-    }
+/* One entry's Adam moments (updated in place) and the amount to subtract from its parameter. */
+static inline float adam_entry(float g, float *m, float *v, const hyper_t *h) {
+    float mi = h->beta1 * *m + h->one_minus_beta1 * g;
+    float vi = h->beta2 * *v + h->one_minus_beta2 * (g * g);
+    *m = mi;
+    *v = vi;
+    return h->step_size * (mi / (sqrtf(vi) + h->eps));
 }
 
-/* Adam on contiguous p, g, m, v, updating p in place (the dense, spike-free path). */
+/* Adam on contiguous g, m, v; writes the update's subtrahend into u (masked entries). */
+static void adam_update(const float *restrict g, float *restrict m, float *restrict v, float *restrict u,
+                        int64_t n, const hyper_t *h) {
+    for (int64_t i = 0; i < n; i++)
+        u[i] = adam_entry(g[i], &m[i], &v[i], h);
+}
+
+/* Adam on contiguous p, g, m, v, updating p in place (dense tensors). */
 static void adam_inplace(float *restrict p, const float *restrict g, float *restrict m, float *restrict v,
                          int64_t n, const hyper_t *h) {
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i];
-        float mi = h->beta1 * m[i] + h->one_minus_beta1 * gi;
-        float vi = h->beta2 * v[i] + h->one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = p[i] - h->step_size * (mi / (sqrtf(vi) + h->eps));
-    }
+    for (int64_t i = 0; i < n; i++)
+        p[i] = p[i] - adam_entry(g[i], &m[i], &v[i], h);
 }
 
 static int64_t dense_chunk(float *p, const float *g, float *m, float *v, int64_t n, const hyper_t *h) {
@@ -93,13 +90,11 @@ static int64_t dense_chunk(float *p, const float *g, float *m, float *v, int64_t
         adam_inplace(p, g, m, v, n, h);
         return 0;
     }
-    float gc[CHUNK], u[CHUNK];
+    float gc[CHUNK];   /* the gradient is never modified: clip a copy */
     for (int64_t i = 0; i < n; i++)
         gc[i] = g[i];
     int64_t clipped = clip_spikes(gc, v, n, h);
-    adam_update(gc, m, v, u, n, h);
-    for (int64_t i = 0; i < n; i++)
-        p[i] = p[i] - u[i];
+    adam_inplace(p, gc, m, v, n, h);
     return clipped;
 }
 
