@@ -115,11 +115,6 @@ def unavailable_reason() -> str | None:
     return _reasons.get(arch())
 
 
-def supports(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel can take these tensors: contiguous float32 on CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-
-
 def dense(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hyper: tuple) -> int:
     """One step on a whole (flat, contiguous) tensor; returns the number of clipped entries."""
     lib = load()
