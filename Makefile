@@ -21,6 +21,7 @@ OUT ?=
 OUT_FLAG := $(if $(OUT),--out $(OUT),)
 SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
 GRID_FLAGS := $(foreach kv,$(GRID),--grid $(kv))
+comma := ,
 
 # Hub lookups fail offline; make them fail in a second rather than after retries.
 export HF_HUB_OFFLINE ?= 1
@@ -52,11 +53,15 @@ report: $(STAMP)
 
 LEADERBOARD_SEEDS ?= 0-2
 LEADERBOARD_SWEEP_ARGS ?=
+# Comma-separated subset of tasks (e.g. rl,tsf); empty = every registered task. CI shards on it.
+LEADERBOARD_TASKS ?=
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)
 	@status=0; begin=$$SECONDS; \
 	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ && $$1 !~ /:/ {print $$1}' | paste -sd, -); \
-	for task in $$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); do \
+	tasks="$(subst $(comma), ,$(LEADERBOARD_TASKS))"; \
+	test -n "$$tasks" || tasks=$$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); \
+	for task in $$tasks; do \
 	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; start=$$SECONDS; \
 	  $(BIN)/spambench sweep --task $$task --opt $$opts --seeds $(LEADERBOARD_SEEDS) --scale tiny $(OUT_FLAG) $(LEADERBOARD_SWEEP_ARGS) || status=1; \
 	  echo "leaderboard: $$task took $$(( (SECONDS - start) / 60 )) min $$(( (SECONDS - start) % 60 )) s"; \

@@ -66,6 +66,16 @@ def test_activation_outliers_are_kept_exactly_and_do_not_set_the_scale():
     assert ((rest_q - rest).abs() <= rest.abs().amax(-1, keepdim=True) / 7 / 2 + TOL).all()
 
 
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_outlier_picks_match_torch_topk(k):
+    # The argmax-based picker must choose exactly what torch.topk chooses, in the same order.
+    g = torch.randn(3, 50, 64, generator=torch.Generator().manual_seed(k))
+    before = g.clone()
+    expected = g.abs().topk(k, dim=-1).indices
+    assert torch.equal(quant._top_abs_indices(g, k), expected)
+    assert torch.equal(g, before)  # it marks winners in a copy, never in the activations
+
+
 def test_stochastic_rounding_is_unbiased_in_expectation():
     x = torch.randn(1, 64).expand(4000, 64).contiguous()
     gen = torch.Generator().manual_seed(0)

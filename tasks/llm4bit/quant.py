@@ -61,12 +61,28 @@ def _ungrouped(g: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
     return g.reshape(*like.shape[:-1], -1)[..., :n].to(like.dtype)
 
 
+def _top_abs_indices(g: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest |g| along the last dimension, largest first (as topk orders them).
+
+    k argmax passes, each knocking its winner out: for the k = 2 of every int4 run this is 2.5x
+    faster than torch.topk on CPU over many short rows (64-wide groups), where topk was a quarter of
+    a tiny llm4bit training step. |g| >= 0, so -1 can never win again (NaN still wins, as in topk).
+    """
+    remaining = g.abs()
+    picks = []
+    for _ in range(k):
+        pick = remaining.argmax(-1, keepdim=True)
+        remaining.scatter_(-1, pick, -1.0)
+        picks.append(pick)
+    return torch.cat(picks, dim=-1)
+
+
 def _take_outliers(g: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Zero the top-k |g| of each group; return (rest, their indices, their values)."""
     k = min(topk, g.shape[-1])
     if k <= 0:
         return g, None, None
-    idx = g.abs().topk(k, dim=-1).indices
+    idx = _top_abs_indices(g, k)
     return g.scatter(-1, idx, 0.0), idx, g.gather(-1, idx)
 
 
