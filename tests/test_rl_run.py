@@ -214,3 +214,17 @@ def test_spike_telemetry_and_injection_reach_the_ppo_optimizer(tmp_path):
     summary = json.loads(summary_path.read_text())
     assert summary["spikes_injected"] > 0 and set(summary["gss_spikes"]) >= {"mlp", "output"}
     assert (summary_path.parent / "grad_samples.npy").exists()
+
+
+def test_a_ray_trial_reports_evaluations_to_tune_but_not_per_step_telemetry(tmp_path):
+    # SB3's optimizer hook logs spike telemetry ("optim") every optimizer step; forwarding it to Tune
+    # made a tiny rl trial several times slower than a local run. It must stay in the store only.
+    out = tmp_path / "out"
+    argv = ["sweep", "--task", "rl", "--opt", "adamw", "--seeds", "0", "--out", str(out)]
+    for k, v in sets().items():
+        argv += ["--set", f"{k}={v}"]
+    assert main(argv) == 0
+    assert len(metric(only_run_dir(out), "optim", "grad_norm/mlp")) == 32  # 4 rollouts x 2 epochs x 4 batches
+    reports = [json.loads(line) for path in out.glob("ray/*/*/result.json") for line in path.read_text().splitlines()]
+    assert any("eval_return" in r for r in reports) and reports[-1]["done"] is True
+    assert not [k for r in reports for k in r if k.startswith(("train_", "optim_"))]
