@@ -30,6 +30,7 @@ import torch
 
 from optimizers.roles import checked_roles
 from suite.config import param
+from suite.errors import NotApplicable
 from suite.model_info import MATRIX_ROLES, ModelInfo
 from suite.registry import OptimizerSpec
 from suite.tuning import Dist
@@ -177,6 +178,9 @@ def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, rank: int 
     named = checked_roles(model, model_info, "galore")
     low = [p for _, p, r in named if r in MATRIX_ROLES and p.ndim == 2]
     dense = [p for _, p, r in named if not (r in MATRIX_ROLES and p.ndim == 2)]
+    if not low:
+        raise NotApplicable("galore: the model has no 2-D attention/MLP weights (roles attn_*/mlp) to project; "
+                            "it would be plain AdamW")
     r = resolve_rank(rank, model_info, [tuple(p.shape) for p in low])
     groups = [g for g in ({"params": dense},
                           {"params": low, "rank": r, "update_proj_gap": update_proj_gap, "scale": scale})

@@ -17,6 +17,7 @@ from optimizers.galore import resolve_rank, state_numel
 from optimizers.roles import matrix_shapes
 from optimizers.spam import SPAM, SPAMConfig, make as make_spam
 from suite.config import param
+from suite.errors import NotApplicable
 from suite.model_info import ModelInfo
 from suite.registry import OptimizerSpec
 
@@ -25,7 +26,7 @@ def matched_density(model: torch.nn.Module, model_info: ModelInfo, rank: int | N
     """GaLore-state / Adam-state over the attention+MLP matrices at `rank`, capped at 1."""
     shapes = matrix_shapes(model, model_info, "spam_sparse")
     if not shapes:
-        raise ValueError("spam_sparse: the model has no 2-D attention/MLP weights (roles attn_*/mlp) to mask")
+        raise NotApplicable("spam_sparse: the model has no 2-D attention/MLP weights (roles attn_*/mlp) to mask")
     r = resolve_rank(rank, model_info, shapes)
     galore = sum(state_numel(m, n, r) for m, n in shapes)
     adam = sum(2 * m * n for m, n in shapes)

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from reports import html, leaderboard
 from reports.summary import load_runs, select, summary_table, to_markdown
+from suite.errors import NOT_APPLICABLE
 from suite.results import RunStore
+
+
+def _split_inapplicable(runs: pd.DataFrame, long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, long, inapplicable): pairs an optimizer refused (status not_applicable) have no metric,
+    so the report names them but never ranks, averages or plots them."""
+    if runs.empty:
+        return runs, long, runs
+    refused = runs.status == NOT_APPLICABLE
+    gone = pd.MultiIndex.from_frame(runs.loc[refused, ["task", "run_id"]])
+    long = long[~pd.MultiIndex.from_frame(long[["task", "run_id"]]).isin(gone)].reset_index(drop=True)
+    return runs[~refused].reset_index(drop=True), long, runs[refused].reset_index(drop=True)
 
 
 def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None = None, scale: str | None = None,
@@ -21,6 +35,7 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
     `plots=False` skips the figures (faster; the Markdown then links none)."""
     out_root = Path(out_root)
     runs, long = select(*load_runs(RunStore(out_root)), task=task, opt=opt, scale=scale, since=since)
+    runs, long, inapplicable = _split_inapplicable(runs, long)
     report_dir = out_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     for stale in report_dir.glob("*.png"):  # figures of problems that are filtered out now must not linger
@@ -38,7 +53,7 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
         images |= spikes.plot_traces(long, runs, report_dir)
     filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v)
-    blocks = leaderboard.build(runs, filters=filters, images=images)
+    blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable)
     markdown = leaderboard.to_markdown(blocks)
     (report_dir / "leaderboard.md").write_text(markdown)
     (report_dir / "leaderboard.html").write_text(html.render(blocks, report_dir))

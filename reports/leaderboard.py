@@ -215,26 +215,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None) -> list[Block]:
-    """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked)."""
+def _inapplicable_text(refused: pd.DataFrame) -> str:
+    """One sentence naming the optimizers that refused a task's model, with their reasons."""
+    parts = [f"{opt} ({g.reason.iloc[0]}; {len(g)} run{'s' if len(g) > 1 else ''})"
+             for opt, g in refused.groupby("optimizer", sort=True)]
+    return "Not applicable here, so not ranked: " + "; ".join(parts) + "."
+
+
+def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None,
+          inapplicable: pd.DataFrame | None = None) -> list[Block]:
+    """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked);
+    `inapplicable` holds the runs an optimizer refused (status not_applicable), named per task."""
     images = images if images is not None else set()
+    inapplicable = inapplicable if inapplicable is not None else pd.DataFrame(columns=["task"])
     blocks = [Block("h1", "spam-bench leaderboard")]
     if runs.empty:
-        return blocks + [Block("p", f"No complete runs{' match ' + filters if filters else ''}: try `make bench`.")]
+        blocks.append(Block("p", f"No complete runs{' match ' + filters if filters else ''}: try `make bench`."))
+        return blocks + [Block("p", f"{task}: {_inapplicable_text(g)}") for task, g in inapplicable.groupby("task")]
     table = entries(runs)
     n_div = int((runs.status == "diverged").sum())
     run_time = pd.to_numeric(runs.wall_time_s, errors="coerce").sum()
     blocks.append(Block("p", f"{len(runs)} complete runs ({n_div} diverged) of {runs.task.nunique()} tasks and "
                              f"{runs.optimizer.nunique()} optimizers; {_duration(run_time)} of run time (the runs' "
-                             f"wall-clock times added up)" + (f"; filters: {filters}" if filters else "") + "."))
+                             f"wall-clock times added up)" + (f"; filters: {filters}" if filters else "") + "."
+                             + (f" {len(inapplicable)} runs were not applicable (named per task)." if len(inapplicable) else "")))
     blocks += [b for b in _across_blocks(across(table)) if b.kind != "img" or b.text in images]
     for task, tg in table.groupby("task", sort=True):
         blocks.append(Block("h2", task))
+        refused = inapplicable[inapplicable.task == task]
+        if not refused.empty:
+            blocks.append(Block("p", _inapplicable_text(refused)))
         for (scale, problem), g in tg.groupby(["scale", "problem"], sort=True):
             slug = problem_slug(task, scale, problem)
             blocks += [Block("h3", f"{task} · {scale} · {problem}"), Block("table", table=_entry_table(g))]
             blocks += [Block("img", name) for name in (f"curves-{slug}.png", f"final-{slug}.png") if name in images]
             blocks += paper.blocks(task, scale, problem, g)
+    for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
+        blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
     from reports import spikes  # imports this module's Block and Table
 
     blocks += spikes.blocks(runs, images)

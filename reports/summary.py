@@ -69,7 +69,7 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             "scale": s["scale"], "device": s.get("device", "cpu"), "status": s["status"],
             "settings": _settings(s), "git_commit": s.get("git_commit"),
             "primary_metric": s["primary_metric"], "direction": s["direction"],
-            "value": s.get("value"), "diverged_step": s.get("diverged_step"),
+            "value": s.get("value"), "diverged_step": s.get("diverged_step"), "reason": s.get("reason"),
             "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
             "optimizer_state_bytes": s.get("optimizer_state_bytes"),
             "opt_hparams": json.dumps(s.get("opt_hparams", {}), sort_keys=True),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.environment import describe
+from suite.errors import NOT_APPLICABLE, NotApplicable
 from suite.resolve import ResolvedRun
 from suite.results import SUMMARY, RunRecorder, RunStore, read_json
 
@@ -23,7 +24,10 @@ def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,
         return read_json(run_dir / SUMMARY), run_dir, True
     recorder = recorder_cls(run_dir, run.record())
     try:
-        result = run.task.run(run, recorder)
+        try:
+            result = run.task.run(run, recorder)
+        except NotApplicable as err:
+            result = {"status": NOT_APPLICABLE, "reason": str(err), "value": None}
         summary = {
             "run_id": run.spec.run_id,
             **run.spec.canonical(),

@@ -115,6 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
     status = "already complete" if cached else summary["status"]
     extra = f" at step {summary['diverged_step']}" if summary.get("diverged_step") else ""
+    extra += f": {summary['reason']}" if summary.get("reason") else ""
     speed = summary.get("tokens_per_s")
     speed_text = f", {speed:,.0f} tokens/s" if speed else ""
     print(f"{run.spec.task} {run.spec.optimizer} seed {run.spec.seed}: {metric} = {shown} ({status}{extra}; "

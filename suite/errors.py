@@ -15,3 +15,15 @@ class ConfigError(ValueError):
             allowed = "one of " + ", ".join(str(a) for a in allowed)
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}: invalid value {value!r} (allowed: {allowed})")
+
+
+NOT_APPLICABLE = "not_applicable"
+
+
+class NotApplicable(ValueError):
+    """An optimizer cannot act on this task's model, e.g. sparse momentum with no matrix to mask.
+
+    A factory raises it when it builds. The run is then recorded with status "not_applicable" and
+    this reason: a fact about the pair that a sweep over every task x optimizer will meet, so not a
+    crash to retry, and not a number to rank either (a GaLore with nothing to project is AdamW).
+    """

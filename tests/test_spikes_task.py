@@ -52,3 +52,27 @@ def test_spike_aware_optimizers_report_what_they_clipped_and_when_they_reset(out
     s = _run(out_dir, opt, "steps=1100")
     assert s["reset_steps"] == ([500, 1000] if opt == "spam" else [1000])
     assert sum(s["clipped_entries"].values()) > 0
+
+
+@pytest.mark.parametrize("opt", ["spam_sparse", "galore"])
+def test_an_optimizer_with_nothing_to_act_on_is_recorded_as_not_applicable(out_dir, opt, capsys):
+    # The spikes problems have no attention/MLP matrices: nothing to mask or project. A sweep over
+    # every task x optimizer meets this; it is a recorded fact, not a crash to retry.
+    s = _run(out_dir, opt)
+    assert s["status"] == "not_applicable" and s["value"] is None
+    assert s["reason"].startswith(f"{opt}: the model has no 2-D attention/MLP weights")
+    assert f"(not_applicable: {opt}: the model has no 2-D" in capsys.readouterr().out
+
+
+def test_report_names_inapplicable_pairs_without_ranking_them(out_dir):
+    from reports.build import write_leaderboard
+
+    _run(out_dir, "adamw")
+    argv = ["run", "--task", "spikes", "--opt", "spam_sparse", "--out", str(out_dir), "--set", "steps=600", "--set", "eval_every=200"]
+    assert main(argv) == 0
+    markdown, report_dir = write_leaderboard(out_dir, plots=False)
+    assert "1 complete runs (0 diverged) of 1 tasks and 1 optimizers" in markdown
+    assert "1 runs were not applicable" in markdown
+    assert "Not applicable here, so not ranked: spam_sparse (spam_sparse: the model has no 2-D" in markdown
+    assert "| adamw |" in markdown and "| spam_sparse |" not in markdown
+    assert "spam_sparse" not in (report_dir / "summary.md").read_text()

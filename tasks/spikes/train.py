@@ -48,7 +48,7 @@ def train(run: Any, config: SpikesConfig, log: Any | None) -> dict[str, Any]:
             objective = float(model.objective())
         metrics.update(spikes.after_step(step, objective, injected))
         if log is not None:
-            log(step, "train", {"loss": float(loss), "objective": objective, **metrics})
+            log(step, "train", {"loss": float(loss.detach()), "objective": objective, **metrics})
             if step % config.eval_every == 0 or step == config.steps:
                 log(step, "eval", {"objective": objective})
         if not math.isfinite(objective):
