@@ -54,7 +54,7 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 
 # Splits logged every training or optimizer step. They stay in the store only: each tune.report is a
 # round trip to the driver plus a line in three Tune files, and an rl run logs its per-step spike
-# telemetry ("optim") 19,200 times, which made a Tune trial several times slower than a local run.
+# telemetry ("optim") 19,200 times, which made a tiny rl trial take about twice as long (README).
 PER_STEP_SPLITS = frozenset({"train", "optim"})
 
 

@@ -218,7 +218,7 @@ def test_spike_telemetry_and_injection_reach_the_ppo_optimizer(tmp_path):
 
 def test_a_ray_trial_reports_evaluations_to_tune_but_not_per_step_telemetry(tmp_path):
     # SB3's optimizer hook logs spike telemetry ("optim") every optimizer step; forwarding it to Tune
-    # made a tiny rl trial several times slower than a local run. It must stay in the store only.
+    # made a tiny rl trial take about twice as long. It must stay in the store only.
     out = tmp_path / "out"
     argv = ["sweep", "--task", "rl", "--opt", "adamw", "--seeds", "0", "--out", str(out)]
     for k, v in sets().items():
