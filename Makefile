@@ -75,7 +75,7 @@ perf: $(STAMP)
 
 # Ray Tune's overhead over the local runner (8 tiny trials).
 perf-ray: $(STAMP)
-	$(BIN)/python -m runners.overhead
+	$(BIN)/python -m spam_bench.runners.overhead
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from suite.config import param
-from suite.model_info import ModelInfo
-from suite.registry import OptimizerSpec
-from suite.tuning import Dist
+from spam_bench.suite.config import param
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.tuning import Dist
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from adam_mini import Adam_mini
 
-from optimizers.roles import checked_roles, is_attention_model
-from suite.config import param
-from suite.model_info import ModelInfo
-from suite.registry import OptimizerSpec
-from suite.tuning import Dist
+from spam_bench.optimizers.roles import checked_roles, is_attention_model
+from spam_bench.suite.config import param
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.tuning import Dist
 
 # role -> the keyword Adam-mini's name sets match; 'norm'/'other' fall to its per-tensor branch.
 KEYWORD = {"embedding": "embd", "output": "output", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from optimizers.adam import SEARCH, kernel_choice
-from suite.config import param
-from suite.model_info import ModelInfo
-from suite.registry import OptimizerSpec
+from spam_bench.optimizers.adam import SEARCH, kernel_choice
+from spam_bench.suite.config import param
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
 
 
 @dataclass

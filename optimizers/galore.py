@@ -28,12 +28,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optimizers.roles import checked_roles
-from suite.config import param
-from suite.errors import NotApplicable
-from suite.model_info import MATRIX_ROLES, ModelInfo
-from suite.registry import OptimizerSpec
-from suite.tuning import Dist
+from spam_bench.optimizers.roles import checked_roles
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import NotApplicable
+from spam_bench.suite.model_info import MATRIX_ROLES, ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.tuning import Dist
 
 # The paper's memory-matched ranks by model width: 60M (512) 128, 130M (768) 256, 350M (1024) 256,
 # 1B (2048) 512 (GaLore Table 2; SPAM.md §1.4). Other widths: hidden/4, the rule of three of them.

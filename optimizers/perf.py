@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from optimizers.spam import make as make_spam
-from suite.model_info import ModelInfo
+from spam_bench.optimizers.spam import make as make_spam
+from spam_bench.suite.model_info import ModelInfo
 
 LLAMA_60M = dict(vocab=32000, hidden=512, intermediate=1376, layers=8)
 SMALL = dict(vocab=256, hidden=32, intermediate=88, layers=2)
@@ -68,8 +68,8 @@ def _telemetry_overhead(model: torch.nn.Module, info: Any, adamw_ms: float, step
     """The spike telemetry's cost per step (per-role norms and max |g|, 64 sampled coordinates per
     tensor), against the optimizer step alone: a strict bound, since a training step adds the
     forward and backward passes on top."""
-    from suite.spike_config import SpikeFields
-    from suite.spikes import SpikeInstruments
+    from spam_bench.suite.spike_config import SpikeFields
+    from spam_bench.suite.spikes import SpikeInstruments
 
     instruments = SpikeInstruments(model, info, SpikeFields(), seed=0)
     times = []
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if not args.no_zoo:
         # Every other registered optimizer at its defaults, built through the registry like a task would.
-        from suite.registry import OPTIMIZERS
+        from spam_bench.suite.registry import OPTIMIZERS
 
         for name in OPTIMIZERS.names():
             if name not in ("adamw", "spam"):

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from suite.config import param
-from suite.errors import ConfigError
-from suite.model_info import ModelInfo
-from suite.registry import Family, OptimizerSpec
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import Family, OptimizerSpec
 
 SKIP = {"self", "params", "model", "lr", "maximize", "foreach"}
 SCALARS = (bool, int, float, str)

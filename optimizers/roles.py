@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from suite.model_info import ATTENTION_ROLES, MATRIX_ROLES, ModelInfo
+from spam_bench.suite.model_info import ATTENTION_ROLES, MATRIX_ROLES, ModelInfo
 
 
 def is_attention_model(model_info: ModelInfo) -> bool:

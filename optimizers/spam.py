@@ -63,11 +63,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from optimizers import spam_native
-from optimizers.state_io import restore_saved_dtypes
-from suite.config import param
-from suite.model_info import MATRIX_ROLES, ModelInfo
-from suite.registry import OptimizerSpec
+from spam_bench.optimizers import spam_native
+from spam_bench.optimizers.state_io import restore_saved_dtypes
+from spam_bench.suite.config import param
+from spam_bench.suite.model_info import MATRIX_ROLES, ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
 
 STATE_DTYPES = ("param", "float32")
 KERNELS = ("auto", "native", "eager", "compiled")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from optimizers.galore import resolve_rank, state_numel
-from optimizers.roles import matrix_shapes
-from optimizers.spam import SPAM, SPAMConfig, make as make_spam
-from suite.config import param
-from suite.errors import NotApplicable
-from suite.model_info import ModelInfo
-from suite.registry import OptimizerSpec
+from spam_bench.optimizers.galore import resolve_rank, state_numel
+from spam_bench.optimizers.roles import matrix_shapes
+from spam_bench.optimizers.spam import SPAM, SPAMConfig, make as make_spam
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import NotApplicable
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
 
 
 def matched_density(model: torch.nn.Module, model_info: ModelInfo, rank: int | None = None) -> float:

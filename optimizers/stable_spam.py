@@ -35,11 +35,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from optimizers.state_io import restore_saved_dtypes
-from suite.config import param
-from suite.model_info import ModelInfo
-from suite.registry import OptimizerSpec
-from suite.tuning import Dist
+from spam_bench.optimizers.state_io import restore_saved_dtypes
+from spam_bench.suite.config import param
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.tuning import Dist
 
 EMA_KEYS = ("m_norm", "v_norm", "m_max")
 

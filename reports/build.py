@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import html, leaderboard
-from reports.summary import load_runs, select, summary_table, to_markdown
-from suite.errors import NOT_APPLICABLE
-from suite.results import RunStore
+from spam_bench.reports import html, leaderboard
+from spam_bench.reports.summary import load_runs, select, summary_table, to_markdown
+from spam_bench.suite.errors import NOT_APPLICABLE
+from spam_bench.suite.results import RunStore
 
 
 def _split_inapplicable(runs: pd.DataFrame, long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -45,10 +45,10 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
 
     images: set[str] = set()
     if plots and not runs.empty:
-        from reports import plots as figures  # matplotlib only when drawing
+        from spam_bench.reports import plots as figures  # matplotlib only when drawing
 
         table = leaderboard.entries(runs)
-        from reports import spikes
+        from spam_bench.reports import spikes
 
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
         images |= spikes.plot_traces(long, runs, report_dir)

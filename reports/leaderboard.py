@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports import paper, stats
+from spam_bench.reports import paper, stats
 
 BASELINE = "adamw"
 PROFILE_TAUS = (1.0, 1.01, 1.05, 1.1, 1.25, 1.5, 2.0)
@@ -252,7 +252,7 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None,
             blocks += paper.blocks(task, scale, problem, g)
     for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
         blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
-    from reports import spikes  # imports this module's Block and Table
+    from spam_bench.reports import spikes  # imports this module's Block and Table
 
     blocks += spikes.blocks(runs, images)
     blocks += [Block("h2", "Method"), Block("p", method_note())]

@@ -82,7 +82,7 @@ def published(task: str, scale: str, task_config: dict) -> tuple[dict[str, float
 
 def blocks(task: str, scale: str, problem: str, entries: pd.DataFrame) -> list:
     """A 'paper vs ours' table for one problem, or nothing if the paper has no number for it."""
-    from reports.leaderboard import Block, Table, fmt
+    from spam_bench.reports.leaderboard import Block, Table, fmt
 
     config = json.loads(entries["task_config"].iloc[0] or "{}")
     found = published(task, scale, config)

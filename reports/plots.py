@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports import stats  # noqa: E402
-from reports.leaderboard import Across, problem_label, problem_slug  # noqa: E402
+from spam_bench.reports import stats  # noqa: E402
+from spam_bench.reports.leaderboard import Across, problem_label, problem_slug  # noqa: E402
 
 MAX_POINTS = 200  # curves are averaged into at most this many step bins before banding: readable, fast
 DPI = 90

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from suite.errors import ConfigError
-from suite.results import SPEC, SUMMARY, RunStore, read_json, read_metrics
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.results import SPEC, SUMMARY, RunStore, read_json, read_metrics
 
 # Every long row carries what is needed to tell runs apart without a join: the canonical
 # hyperparameters (overrides, opt_hparams), the effective optimizer config, versions, commit, hardware.

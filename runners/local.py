@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from suite.environment import describe
-from suite.errors import NOT_APPLICABLE, NotApplicable
-from suite.resolve import ResolvedRun
-from suite.results import SUMMARY, RunRecorder, RunStore, read_json
+from spam_bench.suite.environment import describe
+from spam_bench.suite.errors import NOT_APPLICABLE, NotApplicable
+from spam_bench.suite.resolve import ResolvedRun
+from spam_bench.suite.results import SUMMARY, RunRecorder, RunStore, read_json
 
 
 def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,

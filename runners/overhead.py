@@ -4,7 +4,7 @@ The same 8 tiny llm specs (1 torch thread each) run (a) one after another in thi
 `runners.local.execute`, and (b) as a Ray Tune sweep with one trial at a time, so the difference
 is Ray's own overhead (start-up, scheduling, trial processes, checkpoint reports); (c) the same
 sweep with two trials at once shows what Ray buys on a 2-core machine. Each phase writes to its
-own fresh store. Usage: `python -m runners.overhead [--trials 8] [--steps 600]`.
+own fresh store. Usage: `python -m spam_bench.runners.overhead [--trials 8] [--steps 600]`.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from runners.local import execute
-from runners.ray_tune import SweepOptions, sweep
-from suite.results import RunStore
-from suite.sweep import expand
+from spam_bench.runners.local import execute
+from spam_bench.runners.ray_tune import SweepOptions, sweep
+from spam_bench.suite.results import RunStore
+from spam_bench.suite.sweep import expand
 
 
 def _specs(trials: int, steps: int) -> list:
@@ -27,7 +27,7 @@ def _specs(trials: int, steps: int) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runners.overhead", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m spam_bench.runners.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--steps", type=int, default=600)
     args = p.parse_args(argv)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.errors import ConfigError
-from suite.resolve import ResolvedRun
-from suite.results import RunRecorder, RunStore
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.resolve import ResolvedRun
+from spam_bench.suite.results import RunRecorder, RunStore
 
 
 @dataclass
@@ -84,8 +84,8 @@ def _trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from runners.local import execute
-    from suite.sweep import resolve_canonical
+    from spam_bench.runners.local import execute
+    from spam_bench.suite.sweep import resolve_canonical
 
     config = config["trial"]
     torch.set_num_threads(max(1, int(config["cpus"])))

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from suite.config import field_docs, parse_assignments
-from suite.errors import ConfigError
-from suite.paths import out_root
-from suite.registry import OPTIMIZERS, TASKS
+from spam_bench.suite.config import field_docs, parse_assignments
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.paths import out_root
+from spam_bench.suite.registry import OPTIMIZERS, TASKS
 
 if TYPE_CHECKING:
-    from runners.ray_tune import SweepOptions
+    from spam_bench.runners.ray_tune import SweepOptions
 
 EXIT_USAGE = 2
 
@@ -97,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from runners.local import execute
-    from suite.resolve import resolve
-    from suite.results import RunStore
+    from spam_bench.runners.local import execute
+    from spam_bench.suite.resolve import resolve
+    from spam_bench.suite.results import RunStore
 
     run = resolve(task=args.task, optimizer=args.opt, seed=args.seed, scale=args.scale,
                   sets=parse_assignments(args.set), device=args.device)
@@ -125,8 +125,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _ray_options(args: argparse.Namespace, out: Path, name: str) -> "SweepOptions":
     """Validate the Ray flags (one-line errors) and check the cluster address, before Ray starts."""
-    from runners.ray_tune import SweepOptions, check_address
-    from suite.config import coerce
+    from spam_bench.runners.ray_tune import SweepOptions, check_address
+    from spam_bench.suite.config import coerce
 
     cpus = coerce("cpus-per-trial", args.cpus_per_trial, float)
     gpus = coerce("gpus-per-trial", args.gpus_per_trial, int)
@@ -154,9 +154,9 @@ def _print_trials(results: list[dict], name: str, where: Path) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from suite.results import RunStore
-    from suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
-    from suite.tuning import load_best
+    from spam_bench.suite.results import RunStore
+    from spam_bench.suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
+    from spam_bench.suite.tuning import load_best
 
     out = out_root(args.out)
     optimizers = parse_list(args.opt, "opt")
@@ -169,16 +169,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
     if not pending and not args.resume:
         return 0
-    from runners.ray_tune import sweep
+    from spam_bench.runners.ray_tune import sweep
 
     return _print_trials(sweep(pending, options), options.name, store.root / "runs" / args.task)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from runners.ray_tune import sweep
-    from suite.config import coerce
-    from suite.sweep import parse_list, sweep_name
-    from suite.tuning import plan_trials, save_best_trials, tuning_store
+    from spam_bench.runners.ray_tune import sweep
+    from spam_bench.suite.config import coerce
+    from spam_bench.suite.sweep import parse_list, sweep_name
+    from spam_bench.suite.tuning import plan_trials, save_best_trials, tuning_store
 
     out = out_root(args.out)
     trials = coerce("trials", args.trials, int)
@@ -196,7 +196,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from reports.build import write_leaderboard
+    from spam_bench.reports.build import write_leaderboard
 
     markdown, report_dir = write_leaderboard(out_root(args.out), task=args.task, opt=args.opt, scale=args.scale,
                                              since=args.since)
@@ -231,7 +231,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_perf(args: argparse.Namespace) -> int:
     # The benchmark knows optimizers by name, so it lives with them; the suite only dispatches.
-    return int(importlib.import_module("optimizers.perf").main(args.perf_args) or 0)
+    return int(importlib.import_module("spam_bench.optimizers.perf").main(args.perf_args) or 0)
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from suite.errors import ConfigError
+from spam_bench.suite.errors import ConfigError
 
 C = TypeVar("C")
 _MISSING = dataclasses.MISSING

@@ -14,10 +14,10 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 
 import torch
 
-from suite.config import build_config
-from suite.errors import ConfigError
-from suite.model_info import ModelInfo
-from suite.tuning import Dist
+from spam_bench.suite.config import build_config
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.tuning import Dist
 
 T = TypeVar("T")
 

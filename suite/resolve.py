@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 import torch
 
-from suite.config import build_config, coerce, to_dict
-from suite.errors import ConfigError
-from suite.model_info import ModelInfo
-from suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
-from suite.spec import RunSpec
+from spam_bench.suite.config import build_config, coerce, to_dict
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
+from spam_bench.suite.spec import RunSpec
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from suite.config import json_ready
-from suite.faults import maybe_crash
+from spam_bench.suite.config import json_ready
+from spam_bench.suite.faults import maybe_crash
 
 SUMMARY, SPEC, METRICS, CHECKPOINT = "summary.json", "spec.json", "metrics.jsonl", "checkpoint.pt"
 

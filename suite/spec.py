@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from suite.config import json_ready
+from spam_bench.suite.config import json_ready
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from suite.config import param
+from spam_bench.suite.config import param
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from suite.model_info import ModelInfo
+from spam_bench.suite.model_info import ModelInfo
 
 COARSE_ROLE = {"embedding": "embedding", "attn_q": "attention", "attn_k": "attention", "attn_v": "attention",
                "attn_o": "attention", "mlp": "mlp", "norm": "norm", "output": "output", "bias": "other",

@@ -6,9 +6,9 @@ import itertools
 import re
 from typing import Any, Mapping
 
-from suite.config import parse_assignments
-from suite.errors import ConfigError
-from suite.resolve import ResolvedRun, resolve
+from spam_bench.suite.config import parse_assignments
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.resolve import ResolvedRun, resolve
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 

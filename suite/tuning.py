@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from suite.errors import ConfigError
-from suite.results import SUMMARY, RunStore, atomic_write_json, read_json
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.results import SUMMARY, RunStore, atomic_write_json, read_json
 
 TUNING_SEED_BASE = 10_000  # tuning seeds never collide with the evaluation seeds users pick
 
@@ -77,8 +77,8 @@ def plan_trials(*, task: str, optimizers: list[str], trials: int, sets: Mapping[
 
     Every optimizer gets the same seeds and the same number of points: a fair budget.
     Returns (runs, run_id -> drawn point)."""
-    from suite.registry import OPTIMIZERS
-    from suite.resolve import resolve
+    from spam_bench.suite.registry import OPTIMIZERS
+    from spam_bench.suite.resolve import resolve
 
     runs, drawn = [], {}
     for opt in optimizers:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from suite.config import load_yaml
-from suite.errors import ConfigError
+from spam_bench.suite.config import load_yaml
+from spam_bench.suite.errors import ConfigError
 
 
 class Task(Protocol):

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from suite.cli import main
+from spam_bench.suite.cli import main
 
 BAD_INPUTS = [
     (["--task", "nope", "--opt", "adamw"], "task: invalid value 'nope' (allowed: one of llm"),
@@ -38,7 +38,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, out_dir
 
 
 def test_console_script_exits_2_for_unknown_flag(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "suite.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
+    proc = subprocess.run([sys.executable, "-m", "spam_bench.suite.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unrecognized arguments: --bogus" in proc.stderr

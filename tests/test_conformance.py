@@ -14,12 +14,12 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from optimizers import adafactor, adam, adam_mini, galore, po, spam_sparse, stable_spam
-from suite.config import build_config
-from suite.model_info import MATRIX_ROLES, roles_by_rank
-from suite.registry import OPTIMIZERS, OptimizerSpec
-from suite.telemetry import optimizer_state_bytes
-from tasks.llm.model import Llama, LlamaShape
+from spam_bench.optimizers import adafactor, adam, adam_mini, galore, po, spam_sparse, stable_spam
+from spam_bench.suite.config import build_config
+from spam_bench.suite.model_info import MATRIX_ROLES, roles_by_rank
+from spam_bench.suite.registry import OPTIMIZERS, OptimizerSpec
+from spam_bench.suite.telemetry import optimizer_state_bytes
+from spam_bench.tasks.llm.model import Llama, LlamaShape
 
 ZOO = {s.name: s for s in (adam.SPEC, adam.CLIP_SPEC, adafactor.SPEC, adam_mini.SPEC, galore.SPEC,
                            spam_sparse.SPEC, stable_spam.SPEC)}

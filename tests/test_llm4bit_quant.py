@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from suite.errors import ConfigError
-from suite.config import build_config
-from tasks.llm.model import Llama, LlamaShape
-from tasks.llm4bit import quant
-from tasks.llm4bit.config import LLM4bitConfig
-from tasks.llm4bit.model import QUANTIZED, QLinear, QuantSpec, build_quantized_llama
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.config import build_config
+from spam_bench.tasks.llm.model import Llama, LlamaShape
+from spam_bench.tasks.llm4bit import quant
+from spam_bench.tasks.llm4bit.config import LLM4bitConfig
+from spam_bench.tasks.llm4bit.model import QUANTIZED, QLinear, QuantSpec, build_quantized_llama
 
 TOL = 1e-6
 

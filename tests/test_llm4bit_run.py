@@ -4,17 +4,17 @@ import sys
 import pytest
 
 from conftest import sigkill_when, small_llm_sets
-from suite.cli import main
-from suite.registry import TASKS
-from suite.resolve import resolve
-from suite.results import read_json, read_metrics
-from tasks.llm import TASK as LLM_TASK
-from tasks.llm4bit import TASK
+from spam_bench.suite.cli import main
+from spam_bench.suite.registry import TASKS
+from spam_bench.suite.resolve import resolve
+from spam_bench.suite.results import read_json, read_metrics
+from spam_bench.tasks.llm import TASK as LLM_TASK
+from spam_bench.tasks.llm4bit import TASK
 
-# Until pyproject.toml declares the entry point `llm4bit = "tasks.llm4bit:TASK"`.
+# Until pyproject.toml declares the entry point `llm4bit = "spam_bench.tasks.llm4bit:TASK"`.
 TASKS.register("llm4bit", TASK)
-_CLI = ("import sys; from suite.registry import TASKS; from tasks.llm4bit import TASK; "
-        "TASKS.register('llm4bit', TASK); from suite.cli import main; sys.exit(main(sys.argv[1:]))")
+_CLI = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.llm4bit import TASK; "
+        "TASKS.register('llm4bit', TASK); from spam_bench.suite.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _run(out_dir, *sets, opt="adamw", extra=()):

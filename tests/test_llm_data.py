@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from tasks.llm import corpus
-from tasks.llm.data import C4Data, ShakespeareData, split_documents
+from spam_bench.tasks.llm import corpus
+from spam_bench.tasks.llm.data import C4Data, ShakespeareData, split_documents
 
 PAD = 1
 

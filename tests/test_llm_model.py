@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from suite.model_info import ROLES
-from suite.resolve import resolve
-from tasks.llm.model import Llama, count_parameters
-from tasks.llm.train import model_shape
+from spam_bench.suite.model_info import ROLES
+from spam_bench.suite.resolve import resolve
+from spam_bench.tasks.llm.model import Llama, count_parameters
+from spam_bench.tasks.llm.train import model_shape
 
 PAPER_COUNTS = {"paper-60m": 58.07e6, "paper-130m": 134.11e6, "paper-350m": 367.97e6, "paper-1b": 1339.08e6}
 

@@ -13,16 +13,16 @@ import torch
 from adam_mini import Adam_mini
 
 from conftest import small_llm_sets
-from optimizers import adafactor, adam, adam_mini, galore, po, spam_sparse, stable_spam
-from optimizers.galore import GaLoreAdamW, paper_preset, paper_rank
-from optimizers.stable_spam import StableSPAM
-from suite.cli import main
-from suite.config import build_config
-from suite.errors import ConfigError
-from suite.model_info import ModelInfo
-from suite.registry import OPTIMIZERS
-from suite.results import read_json
-from tasks.llm.model import Llama, LlamaShape
+from spam_bench.optimizers import adafactor, adam, adam_mini, galore, po, spam_sparse, stable_spam
+from spam_bench.optimizers.galore import GaLoreAdamW, paper_preset, paper_rank
+from spam_bench.optimizers.stable_spam import StableSPAM
+from spam_bench.suite.cli import main
+from spam_bench.suite.config import build_config
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.registry import OPTIMIZERS
+from spam_bench.suite.results import read_json
+from spam_bench.tasks.llm.model import Llama, LlamaShape
 
 ZOO = (adam.SPEC, adam.CLIP_SPEC, adafactor.SPEC, adam_mini.SPEC, galore.SPEC, spam_sparse.SPEC, stable_spam.SPEC)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from optimizers import perf
+from spam_bench.optimizers import perf
 
 
 def test_perf_small_shapes_prints_table_and_json(tmp_path, capsys) -> None:

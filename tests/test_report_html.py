@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports.build import write_leaderboard
+from spam_bench.reports.build import write_leaderboard
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_runs" / "runs"
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.build import write_leaderboard
-from suite.errors import ConfigError
+from spam_bench.reports.build import write_leaderboard
+from spam_bench.suite.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "leaderboard.golden.md"

@@ -1,5 +1,5 @@
 """The paper's published numbers are matched to our runs by scale, quantization format and optimizer name."""
-from reports.paper import paper_name, published
+from spam_bench.reports.paper import paper_name, published
 
 
 def test_paper_numbers_follow_scale_format_and_optimizer_names():

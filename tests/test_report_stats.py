@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from reports import stats
-from reports.leaderboard import across, entries
+from spam_bench.reports import stats
+from spam_bench.reports.leaderboard import across, entries
 
 
 def test_bootstrap_ci_matches_scipys_percentile_bootstrap():

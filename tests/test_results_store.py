@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from reports.summary import load_runs
-from suite.results import RunRecorder, RunStore, atomic_write_json, read_metrics
+from spam_bench.reports.summary import load_runs
+from spam_bench.suite.results import RunRecorder, RunStore, atomic_write_json, read_metrics
 
 
 def test_atomic_json_leaves_no_temp_file_and_stores_nan_as_null(tmp_path):

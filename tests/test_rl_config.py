@@ -1,11 +1,11 @@
 """The rl task's configuration: rl-zoo's recipe per env, overrides, and one-line errors."""
 import pytest
 
-from suite.cli import main
-from suite.registry import TASKS
-from suite.resolve import resolve
-from tasks.rl import TASK
-from tasks.rl.zoo import PPO_HYPERPARAMS
+from spam_bench.suite.cli import main
+from spam_bench.suite.registry import TASKS
+from spam_bench.suite.resolve import resolve
+from spam_bench.tasks.rl import TASK
+from spam_bench.tasks.rl.zoo import PPO_HYPERPARAMS
 
 TASKS.register("rl", TASK)  # until pyproject.toml declares the entry point
 

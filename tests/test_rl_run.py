@@ -8,14 +8,14 @@ import torch
 from stable_baselines3 import PPO
 
 from conftest import sigkill_when
-from optimizers.adamw import SPEC as ADAMW
-from optimizers.adamw import make as make_adamw
-from suite.cli import main
-from suite.registry import TASKS, OptimizerSpec
-from suite.resolve import resolve
-from suite.results import RunRecorder, read_json, read_metrics
-from tasks.rl import TASK
-from tasks.rl.train import Trainer
+from spam_bench.optimizers.adamw import SPEC as ADAMW
+from spam_bench.optimizers.adamw import make as make_adamw
+from spam_bench.suite.cli import main
+from spam_bench.suite.registry import TASKS, OptimizerSpec
+from spam_bench.suite.resolve import resolve
+from spam_bench.suite.results import RunRecorder, read_json, read_metrics
+from spam_bench.tasks.rl import TASK
+from spam_bench.tasks.rl.train import Trainer
 
 TASKS.register("rl", TASK)  # until pyproject.toml declares the entry point
 
@@ -152,7 +152,7 @@ SPAM_SMALL = {"opt.density": 0.5, "opt.reset_interval": 10, "opt.warmup_steps": 
 @pytest.mark.parametrize("opt,hparams", [("adamw", {}), ("spam", SPAM_SMALL)], ids=["adamw", "spam"])
 def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, opt, hparams):
     if opt == "spam":
-        pytest.importorskip("optimizers.spam")
+        pytest.importorskip("spam_bench.optimizers.spam")
     _, straight = train(tmp_path / "straight", opt=opt, **hparams)
 
     run = resolved(opt, **hparams)
@@ -180,8 +180,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert cli(tmp_path / "straight", **changes) == 0
 
     killed = tmp_path / "killed"
-    code = ("import sys; from suite.registry import TASKS; from tasks.rl import TASK; TASKS.register('rl', TASK); "
-            "from suite.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.rl import TASK; TASKS.register('rl', TASK); "
+            "from spam_bench.suite.cli import main; sys.exit(main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", code, "run", "--task", "rl", "--opt", "adamw", "--out", str(killed)]
     for k, v in sets(**changes).items():
         cmd += ["--set", f"{k}={v}"]

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from optimizers.spam import SPAM, SPAMConfig, SPEC, make, warmup_factor
-from suite.config import build_config
-from suite.errors import ConfigError
-from suite.model_info import ModelInfo
+from spam_bench.optimizers.spam import SPAM, SPAMConfig, SPEC, make, warmup_factor
+from spam_bench.suite.config import build_config
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.model_info import ModelInfo
 
 B1, B2 = 0.9, 0.999
 
@@ -118,7 +118,7 @@ def test_initial_mask_has_floor_of_density_times_numel_entries(density: float) -
 
 @pytest.mark.parametrize("kernel", ["eager", "native"])
 def test_masks_pack_and_update_across_blocks_chunks_and_a_ragged_tail(kernel: str) -> None:
-    from optimizers import spam_native
+    from spam_bench.optimizers import spam_native
     if kernel == "native" and spam_native.load() is None:
         pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")
     gen = torch.Generator().manual_seed(0)

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from optimizers import spam_native
-from optimizers.spam import SPAM
+from spam_bench.optimizers import spam_native
+from spam_bench.optimizers.spam import SPAM
 from spam_oracle import OracleSPAM
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),

@@ -1,6 +1,6 @@
 """RunSpec identity: the run_id is stable and depends on meaning, not spelling or order."""
-from suite.resolve import resolve
-from suite.spec import RunSpec
+from spam_bench.suite.resolve import resolve
+from spam_bench.suite.spec import RunSpec
 
 
 def test_run_id_ignores_argument_order_and_number_spelling():

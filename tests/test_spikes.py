@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from suite.model_info import ModelInfo
-from suite.spike_config import SpikeFields
-from suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, SpikeInstruments, gss,
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, SpikeInstruments, gss,
                           gss_spike_counts)
 
 
@@ -76,8 +76,8 @@ def test_loss_spike_is_k_times_the_running_median_and_recovery_is_counted():
 
 @pytest.mark.parametrize("kernel", ["native", "eager"])
 def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets(kernel: str):
-    from optimizers import spam_native
-    from optimizers.spam import SPAM
+    from spam_bench.optimizers import spam_native
+    from spam_bench.optimizers.spam import SPAM
 
     if kernel == "native" and spam_native.load() is None:
         pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")

@@ -1,8 +1,8 @@
 """The `spikes` task end to end, and the SPAM ablations it exists for."""
 import pytest
 
-from suite.cli import main
-from suite.results import read_json
+from spam_bench.suite.cli import main
+from spam_bench.suite.results import read_json
 
 
 def _run(out, opt, *sets):
@@ -30,13 +30,13 @@ def test_without_injection_there_is_no_twin(out_dir):
 
 @pytest.mark.parametrize("ablation", ["opt.reset_interval=0", "opt.spike_threshold=0", "opt.warmup_steps=0", ""])
 def test_spam_ablations_run_end_to_end(tmp_path, ablation):
-    pytest.importorskip("optimizers.spam")
+    pytest.importorskip("spam_bench.optimizers.spam")
     s = _run(tmp_path, "spam", *([ablation] if ablation else []), "steps=1100")
     assert s["status"] == "complete" and s["steps"] == 1100
 
 
 def test_report_shows_spike_counts_and_robustness_per_optimizer(out_dir):
-    from reports.build import write_leaderboard
+    from spam_bench.reports.build import write_leaderboard
 
     _run(out_dir, "adamw")
     markdown, _ = write_leaderboard(out_dir, plots=False)
@@ -65,7 +65,7 @@ def test_an_optimizer_with_nothing_to_act_on_is_recorded_as_not_applicable(out_d
 
 
 def test_report_names_inapplicable_pairs_without_ranking_them(out_dir):
-    from reports.build import write_leaderboard
+    from spam_bench.reports.build import write_leaderboard
 
     _run(out_dir, "adamw")
     _run(out_dir, "spam_sparse")

@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite.cli import main
-from suite.config import build_config, load_yaml
-from suite.registry import TASKS
-from suite.results import read_json
-from tasks.tsf import TASK
-from tasks.tsf.anomaly import inject, inject_anomalies
-from tasks.tsf.config import TSFConfig
-from tasks.tsf.data import load_gluonts_repository, load_weather_csv, prepare
+from spam_bench.suite.cli import main
+from spam_bench.suite.config import build_config, load_yaml
+from spam_bench.suite.registry import TASKS
+from spam_bench.suite.results import read_json
+from spam_bench.tasks.tsf import TASK
+from spam_bench.tasks.tsf.anomaly import inject, inject_anomalies
+from spam_bench.tasks.tsf.config import TSFConfig
+from spam_bench.tasks.tsf.data import load_gluonts_repository, load_weather_csv, prepare
 
 TASKS.register("tsf", TASK)  # until pyproject.toml declares the entry point
 

@@ -8,7 +8,7 @@ from gluonts.model.forecast import SampleForecast
 from gluonts.torch.distributions.studentT import StudentT
 from gluonts.torch.model.forecast import DistributionForecast
 
-from tasks.tsf.evaluate import QUANTILES, evaluate, evaluate_forecasts, metric_definitions, with_quantiles
+from spam_bench.tasks.tsf.evaluate import QUANTILES, evaluate, evaluate_forecasts, metric_definitions, with_quantiles
 
 PL, WINDOWS = 3, 2
 OFFSETS = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.5, 3.0])  # 7 samples: the median is the 4th

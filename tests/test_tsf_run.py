@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from optimizers import adamw
-from suite.cli import main
-from suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
-from suite.results import read_json, read_metrics
-from tasks.tsf import TASK
+from spam_bench.optimizers import adamw
+from spam_bench.suite.cli import main
+from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
+from spam_bench.suite.results import read_json, read_metrics
+from spam_bench.tasks.tsf import TASK
 
 TASKS.register("tsf", TASK)  # until pyproject.toml declares the entry point
 
@@ -43,9 +43,9 @@ def _curve(run_dir):
 
 
 def _mse_of_forecasting_zero():
-    from suite.config import build_config, load_yaml
-    from tasks.tsf.config import TSFConfig
-    from tasks.tsf.data import prepare
+    from spam_bench.suite.config import build_config, load_yaml
+    from spam_bench.tasks.tsf.config import TSFConfig
+    from spam_bench.tasks.tsf.data import prepare
 
     data = prepare(build_config(TSFConfig, load_yaml(TASK.scale_path("tiny"))), seed=0)
     return float(np.mean(np.concatenate([label["target"] for label in data.test.label]) ** 2))
@@ -112,8 +112,8 @@ def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(out_dir):
 
 def _cli_command(out_dir, sets):
     argv = _argv(out_dir, *sets)
-    code = ("import sys; from suite.registry import TASKS; from tasks.tsf import TASK; TASKS.register('tsf', TASK); "
-            "from suite.cli import main; raise SystemExit(main(sys.argv[1:]))")
+    code = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.tsf import TASK; TASKS.register('tsf', TASK); "
+            "from spam_bench.suite.cli import main; raise SystemExit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code, *argv]
 
 
@@ -161,7 +161,7 @@ def test_ctrl_c_finishes_the_epoch_saves_and_exits_130(tmp_path):
 
 
 def test_spam_trains_tsf(out_dir):
-    pytest.importorskip("optimizers.spam")
+    pytest.importorskip("spam_bench.optimizers.spam")
     assert main(_argv(out_dir, *_sets(), opt="spam")) == 0
     summary = read_json(_only_run_dir(out_dir) / "summary.json")
     assert summary["status"] == "complete" and 0 < summary["test_mse"] < _mse_of_forecasting_zero()

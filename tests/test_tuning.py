@@ -1,8 +1,8 @@
 """Fair tuning: quasi-random points from declared spaces, ASHA, best saved, re-run with --from-tuning."""
 from conftest import small_llm_sets
-from suite.cli import main
-from suite.results import read_json
-from suite.tuning import Dist, draw, load_best
+from spam_bench.suite.cli import main
+from spam_bench.suite.results import read_json
+from spam_bench.suite.tuning import Dist, draw, load_best
 
 
 def test_points_are_seeded_inside_bounds_and_log_spaced():

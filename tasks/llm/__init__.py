@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.base import TaskBase
-from tasks.llm import corpus
-from tasks.llm.config import LLMConfig
+from spam_bench.tasks.base import TaskBase
+from spam_bench.tasks.llm import corpus
+from spam_bench.tasks.llm.config import LLMConfig
 
 
 def build_data(config: LLMConfig, seed: int) -> Any:
-    from tasks.llm.data import C4Data, ShakespeareData
+    from spam_bench.tasks.llm.data import C4Data, ShakespeareData
 
     if config.dataset == "shakespeare":
         return ShakespeareData.build(vocab_size=config.vocab_size, seq_len=config.seq_len, batch_size=config.batch_size,
@@ -28,7 +28,7 @@ def build_data(config: LLMConfig, seed: int) -> Any:
 
 class LLMTask(TaskBase):
     def run(self, run: Any, recorder: Any) -> dict[str, Any]:
-        from tasks.llm.train import Trainer
+        from spam_bench.tasks.llm.train import Trainer
 
         return Trainer(run, recorder, build_data(run.config, run.spec.seed)).fit()
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from suite.config import param
-from suite.errors import ConfigError
-from suite.spike_config import SpikeFields
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.spike_config import SpikeFields
 
 
 @dataclass

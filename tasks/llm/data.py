@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from suite.paths import data_cache
-from tasks.llm import corpus
+from spam_bench.suite.paths import data_cache
+from spam_bench.tasks.llm import corpus
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), both [batch, seq]
 

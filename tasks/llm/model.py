@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.model_info import ModelInfo
+from spam_bench.suite.model_info import ModelInfo
 
 
 @dataclass(frozen=True)

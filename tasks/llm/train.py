@@ -14,12 +14,12 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from suite.interrupt import deferred_interrupt
-from suite.seeding import rng_state, seed_everything, set_rng_state
-from suite.spikes import SpikeInstruments
-from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
-from tasks.llm.config import LLMConfig
-from tasks.llm.model import Llama, LlamaShape, count_parameters
+from spam_bench.suite.interrupt import deferred_interrupt
+from spam_bench.suite.seeding import rng_state, seed_everything, set_rng_state
+from spam_bench.suite.spikes import SpikeInstruments
+from spam_bench.suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
+from spam_bench.tasks.llm.config import LLMConfig
+from spam_bench.tasks.llm.model import Llama, LlamaShape, count_parameters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -13,10 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from suite.config import load_yaml
-from tasks.llm import TASK as LLM_TASK
-from tasks.llm import LLMTask, build_data
-from tasks.llm4bit.config import LLM4bitConfig
+from spam_bench.suite.config import load_yaml
+from spam_bench.tasks.llm import TASK as LLM_TASK
+from spam_bench.tasks.llm import LLMTask, build_data
+from spam_bench.tasks.llm4bit.config import LLM4bitConfig
 
 
 class LLM4bitTask(LLMTask):
@@ -24,8 +24,8 @@ class LLM4bitTask(LLMTask):
         return {**LLM_TASK.scale_values(scale), **load_yaml(self.scale_path(scale))}
 
     def run(self, run: Any, recorder: Any) -> dict[str, Any]:
-        from tasks.llm.train import Trainer
-        from tasks.llm4bit.model import QuantSpec, build_quantized_llama
+        from spam_bench.tasks.llm.train import Trainer
+        from spam_bench.tasks.llm4bit.model import QuantSpec, build_quantized_llama
 
         c: LLM4bitConfig = run.config
         build = partial(build_quantized_llama, spec=QuantSpec.from_config(c), seed=run.spec.seed)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from suite.config import param
-from suite.errors import ConfigError
-from tasks.llm.config import LLMConfig
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import ConfigError
+from spam_bench.tasks.llm.config import LLMConfig
 
 # format -> (weight bits, activation bits); fp4 is the E1M2 minifloat for both.
 BITS = {"w4a4": (4, 4), "w8a8": (8, 8), "fp4": (4, 4)}

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.llm.model import Llama, LlamaShape
-from tasks.llm4bit import quant
+from spam_bench.tasks.llm.model import Llama, LlamaShape
+from spam_bench.tasks.llm4bit import quant
 
 QUANTIZED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

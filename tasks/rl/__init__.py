@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.base import TaskBase
-from tasks.rl.config import RLConfig
+from spam_bench.tasks.base import TaskBase
+from spam_bench.tasks.rl.config import RLConfig
 
 
 class RLTask(TaskBase):
     def run(self, run: Any, recorder: Any) -> dict[str, Any]:
-        from tasks.rl.train import Trainer  # SB3 and MuJoCo load only when an rl run starts
+        from spam_bench.tasks.rl.train import Trainer  # SB3 and MuJoCo load only when an rl run starts
 
         return Trainer(run, recorder).fit()
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from suite.spike_config import SpikeFields
-from suite.config import param
-from suite.errors import ConfigError
-from tasks.rl.zoo import ENV_IDS, PPO_HYPERPARAMS
+from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import ConfigError
+from spam_bench.tasks.rl.zoo import ENV_IDS, PPO_HYPERPARAMS
 
 ZOO = "zoo"  # "take rl-zoo's value for `env`"; replaced by a number before anyone reads the field
 

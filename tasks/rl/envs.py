@@ -20,7 +20,7 @@ import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
-from tasks.rl.config import RLConfig
+from spam_bench.tasks.rl.config import RLConfig
 
 # Everything VecNormalize learns or carries between steps (its own pickling drops `returns`).
 _VECNORMALIZE_STATE = ("obs_rms", "ret_rms", "returns", "old_obs", "old_reward")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from stable_baselines3 import PPO
 
-from suite.model_info import ModelInfo
-from suite.telemetry import grad_global_norm
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.telemetry import grad_global_norm
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 # SB3's Gaussian policy heads: the action mean and the value; `log_std` is a free vector.

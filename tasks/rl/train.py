@@ -18,14 +18,14 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-from suite.interrupt import StopRequest, deferred_interrupt
-from suite.seeding import rng_state, seed_everything, set_rng_state
-from suite.spikes import SpikeInstruments, attach_to_optimizer
-from suite.telemetry import optimizer_state_bytes, peak_memory_bytes
-from tasks.rl.config import RLConfig
-from tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
-from tasks.rl.evaluate import curve_auc, evaluate
-from tasks.rl.ppo import ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info
+from spam_bench.suite.interrupt import StopRequest, deferred_interrupt
+from spam_bench.suite.seeding import rng_state, seed_everything, set_rng_state
+from spam_bench.suite.spikes import SpikeInstruments, attach_to_optimizer
+from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
+from spam_bench.tasks.rl.config import RLConfig
+from spam_bench.tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
+from spam_bench.tasks.rl.evaluate import curve_auc, evaluate
+from spam_bench.tasks.rl.ppo import ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info
 
 # What PPO carries from one rollout to the next (the rollout buffer is refilled from scratch).
 _PPO_STATE = ("num_timesteps", "_n_updates", "_episode_num", "_last_obs", "_last_episode_starts",

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.base import TaskBase
-from tasks.spikes.config import SpikesConfig
+from spam_bench.tasks.base import TaskBase
+from spam_bench.tasks.spikes.config import SpikesConfig
 
 
 class SpikesTask(TaskBase):
     def run(self, run: Any, recorder: Any) -> dict[str, Any]:
-        from tasks.spikes.train import fit
+        from spam_bench.tasks.spikes.train import fit
 
         return fit(run, recorder)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from suite.config import param
-from suite.spike_config import SpikeFields
+from spam_bench.suite.config import param
+from spam_bench.suite.spike_config import SpikeFields
 
 
 @dataclass

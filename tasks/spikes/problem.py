@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from suite.model_info import ModelInfo
+from spam_bench.suite.model_info import ModelInfo
 
 
 class NoisyQuadratic(nn.Module):

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from suite.seeding import seed_everything
-from suite.spikes import SpikeInstruments
-from suite.telemetry import optimizer_state_bytes, peak_memory_bytes
-from tasks.spikes.config import SpikesConfig
-from tasks.spikes.problem import Logistic, NoisyQuadratic
+from spam_bench.suite.seeding import seed_everything
+from spam_bench.suite.spikes import SpikeInstruments
+from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
+from spam_bench.tasks.spikes.config import SpikesConfig
+from spam_bench.tasks.spikes.problem import Logistic, NoisyQuadratic
 
 
 def build_problem(config: SpikesConfig, seed: int) -> torch.nn.Module:

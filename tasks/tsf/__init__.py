@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.base import TaskBase
-from tasks.tsf.config import TSFConfig
+from spam_bench.tasks.base import TaskBase
+from spam_bench.tasks.tsf.config import TSFConfig
 
 
 class TSFTask(TaskBase):
     def run(self, run: Any, recorder: Any) -> dict[str, Any]:
-        from tasks.tsf.data import prepare
-        from tasks.tsf.train import Trainer
+        from spam_bench.tasks.tsf.data import prepare
+        from spam_bench.tasks.tsf.train import Trainer
 
         return Trainer(run, recorder, prepare(run.config, run.spec.seed)).fit()
 

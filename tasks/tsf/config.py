@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from suite.spike_config import SpikeFields
-from suite.config import param
-from suite.errors import ConfigError
+from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.config import param
+from spam_bench.suite.errors import ConfigError
 
 MODELS = ("patchtst", "deepar", "simple_feedforward")
 # Data sets this package reads itself; any gluonts repository name is accepted too (see validate()).

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.tsf.anomaly import inject_anomalies
-from tasks.tsf.config import TSFConfig
+from spam_bench.tasks.tsf.anomaly import inject_anomalies
+from spam_bench.tasks.tsf.config import TSFConfig
 
 Entry = dict[str, Any]
 

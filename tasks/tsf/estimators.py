@@ -19,7 +19,7 @@ from gluonts.torch.model.patch_tst.lightning_module import PatchTSTLightningModu
 from gluonts.torch.model.simple_feedforward import SimpleFeedForwardEstimator
 from gluonts.torch.model.simple_feedforward.lightning_module import SimpleFeedForwardLightningModule
 
-from tasks.tsf.config import TSFConfig
+from spam_bench.tasks.tsf.config import TSFConfig
 
 MakeOptimizer = Callable[[torch.nn.Module], torch.optim.Optimizer]
 

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from gluonts.env import env
 
-from suite.interrupt import deferred_interrupt
-from suite.model_info import roles_by_rank
-from suite.seeding import seed_everything
-from suite.spikes import SpikeInstruments
-from suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
-from tasks.tsf.config import TSFConfig
-from tasks.tsf.data import TSFData
-from tasks.tsf.estimators import build_estimator
-from tasks.tsf.evaluate import evaluate
+from spam_bench.suite.interrupt import deferred_interrupt
+from spam_bench.suite.model_info import roles_by_rank
+from spam_bench.suite.seeding import seed_everything
+from spam_bench.suite.spikes import SpikeInstruments
+from spam_bench.suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
+from spam_bench.tasks.tsf.config import TSFConfig
+from spam_bench.tasks.tsf.data import TSFData
+from spam_bench.tasks.tsf.estimators import build_estimator
+from spam_bench.tasks.tsf.evaluate import evaluate
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
