@@ -1,12 +1,19 @@
 # spam-bench entry points. `make` bootstraps .venv on first use; every target depends on it.
-# GPU users: make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= rl,tsf,ray,zoo,report,dev
+# torch is installed first and on its own, so that no later resolution can pick its build. Without an
+# NVIDIA driver the default is PyTorch's CPU wheel index (PyPI's Linux wheel is the multi-GB CUDA build;
+# where a local CPU wheel is configured, pip finds it there too). GPU users choose the build:
+#   make setup TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+# A changed TORCH_SPEC reinstalls torch (its stamp is named after the spec).
+TORCH_VERSION := 2.13.0
+HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= torch==$(TORCH_VERSION) $(if $(HAS_NVIDIA),,--index-url https://download.pytorch.org/whl/cpu)
+EXTRAS ?= rl,tsf,ray,zoo,report,vision,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.spam-bench-installed
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha256sum | cut -c1-12)
 
 TASK ?= llm
 OPT ?= adamw
@@ -27,17 +34,21 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report leaderboard perf perf-ray test clean-venv
+.PHONY: setup bench sweep report leaderboard perf perf-ray test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
-# Idempotent: re-runs only when the project's dependency list changes.
-# torch goes first so that no later resolution can pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Idempotent: torch re-installs only when TORCH_SPEC changes; the rest when the dependency list or the
+# constraints (the exact stack the published numbers come from) change.
+$(TORCH_STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.torch-* && touch $@
+
+$(STAMP): pyproject.toml constraints.txt $(TORCH_STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	$(BIN)/spambench fetch-data --task llm
 	@touch $(STAMP)
 
@@ -79,6 +90,27 @@ perf-ray: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The inner loop: everything not marked slow (end-to-end runs, cluster and packaging tests).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The layer folders sit at the repository root and install as spam_bench.* through setuptools'
+# package-dir mapping, which import-graph tools cannot follow; they read a copy laid out as installed.
+LINT_TREE := build/lint
+lint-tree: $(STAMP)
+	@rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/spam_bench && cp spam_bench/*.py spam_bench/py.typed $(LINT_TREE)/spam_bench/
+	@for d in suite optimizers tasks runners reports; do cp -r $$d $(LINT_TREE)/spam_bench/$$d; done
+
+lint-imports: lint-tree
+	cd $(LINT_TREE) && PYTHONPATH=$$PWD $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
+
+typecheck: lint-tree
+	cd $(LINT_TREE) && PYTHONPATH=$$PWD $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p spam_bench.suite -p spam_bench.runners
+
+lint: lint-imports typecheck
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

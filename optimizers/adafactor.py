@@ -17,7 +17,7 @@ import torch
 from spam_bench.suite.config import param
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 
 @dataclass

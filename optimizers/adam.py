@@ -2,7 +2,7 @@
 
 `adam_clip` is the same optimizer with `grad_clip = 1.0` on its spec: the task clips the global
 gradient norm before `step()` and records the clip value with the run, so the clipping is part of
-the named optimizer rather than a task setting someone has to remember (SPAM.md §3.2 footnote:
+the named optimizer rather than a task setting someone has to remember (docs/spam.md#published-results:
 the paper's value is probably 1.0).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from spam_bench.suite.config import param
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -57,7 +57,7 @@ CLIP_SPEC = OptimizerSpec(
     factory=make,
     config_cls=AdamConfig,
     description="Adam + global-norm gradient clipping at 1.0 (the paper's 'Adam + GradClip')",
-    reference="torch 2.13 torch.optim.Adam + torch.nn.utils.clip_grad_norm_; SPAM.md §3.2",
+    reference="torch 2.13 torch.optim.Adam + torch.nn.utils.clip_grad_norm_; Stable-SPAM arXiv 2502.17055 Table 2",
     grad_clip=1.0,
     search_space=SEARCH,
 )

@@ -23,9 +23,10 @@ from adam_mini import Adam_mini
 
 from spam_bench.optimizers.roles import checked_roles, is_attention_model
 from spam_bench.suite.config import param
+from spam_bench.suite.errors import NotApplicable
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 # role -> the keyword Adam-mini's name sets match; 'norm'/'other' fall to its per-tensor branch.
 KEYWORD = {"embedding": "embd", "output": "output", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv",
@@ -70,6 +71,12 @@ class AdamMiniConfig:
 def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
          eps: float = 1e-8, weight_decay: float = 0.0) -> AdamMini:
     named = checked_roles(model, model_info, "adam_mini")
+    deep = [n for n, p, _ in named if p.ndim > 2]
+    if deep:
+        # The package partitions matrices into per-neuron rows; a conv kernel (out, in, kh, kw) has no
+        # partition it knows, and reshaping it fails inside the package's step.
+        raise NotApplicable(f"adam_mini partitions 2-D weights by heads and neurons; {len(deep)} weights here "
+                            f"have more dimensions (e.g. {deep[0]})")
     if is_attention_model(model_info):
         if model_info.n_heads is None or model_info.hidden_size is None:
             raise ValueError("adam_mini: an attention model needs model_info.hidden_size and n_heads "
@@ -90,4 +97,5 @@ SPEC = OptimizerSpec(
     needs_roles=True,
     sparse_state=True,
     search_space={"lr": Dist(1e-4, 1e-2, log=True), "opt.beta2": Dist(0.95, 0.999)},
+    libraries=("adam-mini",),
 )

@@ -33,10 +33,10 @@ from spam_bench.suite.config import param
 from spam_bench.suite.errors import NotApplicable
 from spam_bench.suite.model_info import MATRIX_ROLES, ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 # The paper's memory-matched ranks by model width: 60M (512) 128, 130M (768) 256, 350M (1024) 256,
-# 1B (2048) 512 (GaLore Table 2; SPAM.md §1.4). Other widths: hidden/4, the rule of three of them.
+# 1B (2048) 512 (GaLore paper Table 2; docs/spam.md#matched-density). Other widths: hidden/4, the rule of three of them.
 PAPER_RANKS = {512: 128, 768: 256, 1024: 256, 2048: 512}
 PAPER_SCALE_RANKS = {"paper-60m": 128, "paper-130m": 256, "paper-350m": 256, "paper-1b": 512}
 

@@ -106,6 +106,7 @@ def build(name: str) -> OptimizerSpec:
         description=f"pytorch_optimizer {cls.__name__} with its own defaults",
         reference=f"pytorch_optimizer {version('pytorch_optimizer')} {cls.__module__}.{cls.__name__}",
         needs_closure=name in NEEDS_CLOSURE,
+        libraries=("pytorch-optimizer",),
     )
 
 

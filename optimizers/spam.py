@@ -1,27 +1,26 @@
 """SPAM: Spike-Aware Adam with Momentum Reset (Huang et al., arXiv 2501.06842, ICLR 2025).
 
 Our own implementation of the official HEAD semantics (TianjinYellow/SPAM-Optimizer `e8185fb`, as
-described in shared/reference/SPAM.md §1.3-1.4). Three kernels, same results (tests compare each
-with a literal oracle over 1,200 steps); `kernel="auto"` (default) takes the first that applies:
+docs/spam.md#update-rule and #sparse-momentum describe them). Three kernels, same results (tests
+compare each with a literal oracle); `kernel="auto"` (default) takes the first that applies:
 
-- native: float32 tensors on CPU go through `spam_kernel.c` (built on first use in < 1 s by
-  `spam_native`), one pass over memory per tensor like torch's fused AdamW, with the spike test
-  folded in: each chunk of 2048 entries first checks g² > θv with one vectorised comparison, and
-  only chunks with a spike clip. Masked tensors stream through their bitmap: packed gradient
-  entries, contiguous Adam on the compact moments, updates unpacked onto p (AVX-512
-  compress/expand where the CPU has it), so d = 0.25 is faster than dense.
+- native: float32 tensors on CPU go through `spam_kernel.c` (built on first use by `spam_native`),
+  one pass over memory per tensor like torch's fused AdamW, with the spike test folded in: each
+  chunk of 2048 entries first checks g² > θv with one vectorised comparison, and only chunks with a
+  spike clip. Masked tensors stream through their bitmap: packed gradient entries, contiguous Adam
+  on the compact moments, updates unpacked onto p (AVX-512 compress/expand where the CPU has it),
+  so a masked step reads and writes only the masked entries' moments.
 - eager: torch ops (accelerators, bf16 state, no C compiler). On CPU tensors go in cache blocks of
   `block_size` = 2^18 elements: g² - θv and a max find whether a block has a spike at all; then
   torch's fused AdamW kernel runs on the block while it is still in cache. Masked entries: the
   bitmap is decoded per block (nonzero), gathered (index_select), updated, added back (index_add_);
   on CPU that decoding makes it slow, on accelerators a whole tensor decodes without a host sync.
 - `kernel="compiled"`: clip + Adam fused into one torch.compile kernel per tensor (and gather +
-  clip + Adam + scatter for masked entries): a one-off compile per process of about 25 s cold on 2
-  CPU cores, which is why it is never chosen automatically; useful on accelerators.
+  clip + Adam + scatter for masked entries): every process pays a one-off compile, which is why it
+  is never chosen automatically; useful on accelerators.
 
-`spambench perf` (LLaMA-60M shapes, 2 CPU threads, idle machine; README has the whole table):
-fused AdamW 1.00x, native dense 1.09x, native d = 0.25 0.77x (2.12 B per masked weight), eager
-dense 1.96x, compiled dense 1.84x.
+`make perf` (`spambench perf`) measures each kernel's speed and state size against fused AdamW; the
+README records the results next to that command.
 
 Names (ours -> official HEAD -> pytorch_optimizer 4.1):
 
@@ -33,12 +32,13 @@ Names (ours -> official HEAD -> pytorch_optimizer 4.1):
 | `clip_delay`      | `grad_accu_steps` (not gradient accumulation)| `grad_accu_steps`        |
 | `density`         | group key `density`                          | `density` (all 2-D params) |
 
-Defects of the official code (SPAM.md §1.6) and what we do:
+Defects of the official code (docs/spam.md#official-quirks) and what we do (the reasons are in
+docs/spam.md#deviations-spam):
 
 | official behaviour                                          | here                                          |
 |-------------------------------------------------------------|-----------------------------------------------|
 | script passes the LR warmup (1000) as N                      | N = `warmup_steps` = 150 by default           |
-| weight decay is a no-op on masked params (§1.6.2)           | decoupled decay reaches every entry of every param |
+| weight decay is a no-op on masked params                     | decoupled decay reaches every entry of every param |
 | `DeltaT = 0` raises ZeroDivisionError                        | `reset_interval = 0` means never reset, never resample |
 | `grad_accu_steps` name is misleading                         | `clip_delay`                                  |
 | class named AdamW, deprecation warning, debug prints         | `SPAM`, silent                                |
@@ -51,9 +51,9 @@ Other choices: the per-parameter bias-correction count k_p is never reset (as of
 dtype follows the parameter (`state_dtype="param"`, as official) or is float32. A mask is stored as
 packed bits (bit j of byte b: flat position 8b + j), 1/8 B per weight, plus its entry count; with
 fp32 moments the masked group's state is 8d + 1/8 bytes per weight (sorted int32 indices would be
-12d, a bool mask 8d + 1). The spike test is g² > θv exactly as written (§1.3), in every kernel.
-The intersection copy at resampling is not done: the call right after a resample is always a
-reset call, which zeroes every moment anyway.
+12d, a bool mask 8d + 1). The spike test is g² > θv exactly as written
+(docs/spam.md#spike-aware-clipping), in every kernel. The intersection copy at resampling is not
+done: the call right after a resample is always a reset call, which zeroes every moment anyway.
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ from spam_bench.optimizers.state_io import restore_saved_dtypes
 from spam_bench.suite.config import param
 from spam_bench.suite.model_info import MATRIX_ROLES, ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.search_space import Dist
 
 STATE_DTYPES = ("param", "float32")
 KERNELS = ("auto", "native", "eager", "compiled")
@@ -360,7 +361,7 @@ class SPAM(torch.optim.Optimizer):
             used = 0
 
         def clipped(g: torch.Tensor, v: torch.Tensor, at: int, n: int, out: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-            """g with spikes (g² > θv, as SPAM.md writes it) replaced by sign(g)·sqrt(θv)."""
+            """g with spikes (g² > θv, docs/spam.md#spike-aware-clipping) replaced by sign(g)·sqrt(θv)."""
             limit2, diff = torch.mul(v, theta, out=lim2[at:at + n]), sq[at:at + n]
             if device.type == "cpu":
                 # Spikes are rare: look for one first (fl(g²) - fl(θv) > 0 has the sign of the
@@ -443,7 +444,7 @@ class SPAM(torch.optim.Optimizer):
 
 def _clip_spikes(g: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, guard_zero_v: bool) -> torch.Tensor:
     """g with spikes, g² > θv (v: the previous, not bias-corrected second moment), replaced by
-    sign(g)·sqrt(θv); exactly the test and the value of SPAM.md §1.3."""
+    sign(g)·sqrt(θv); exactly the test and the value of docs/spam.md#spike-aware-clipping."""
     limit2 = v * theta
     spike = g * g > limit2
     if guard_zero_v:
@@ -479,7 +480,7 @@ _COMPILED: dict[str, Callable[..., None]] = {}
 
 
 def _compiled_kernel(kind: str) -> Callable[..., None]:
-    """Compiled on first use (about 25 s cold on 2 CPU cores, a few seconds from inductor's cache)."""
+    """Compiled on first use, once per process (inductor's on-disk cache shortens later compiles)."""
     if kind not in _COMPILED:
         fn = _dense_kernel if kind == "dense" else _masked_kernel
         _COMPILED[kind] = torch.compile(fn, dynamic=True, fullgraph=True)
@@ -511,8 +512,8 @@ class SPAMConfig:
     guard_zero_v: bool = param(False, "Do not clip entries whose v is exactly 0 (official code freezes them).")
     state_dtype: str = param("param", "Moment dtype: 'param' (official: bf16 with bf16 models) or 'float32'.", choices=STATE_DTYPES)
     mask_seed: int = param(0, "Seed of the optimizer's own mask generator (saved in state_dict).", ge=0)
-    kernel: str = param("auto", "Step kernel: 'native' (C, float32 on CPU, built on first use in < 1 s), 'eager' (torch ops), "
-                                "'compiled' (torch.compile; ~25 s cold compile per process); 'auto' = native where it "
+    kernel: str = param("auto", "Step kernel: 'native' (C, float32 on CPU, built on first use), 'eager' (torch ops), "
+                                "'compiled' (torch.compile; a one-off compile per process); 'auto' = native where it "
                                 "applies, else eager. Same results (tests compare each with the oracle).", choices=KERNELS)
 
 
@@ -536,10 +537,22 @@ def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: flo
                 kernel=kernel)
 
 
+# Log-uniform ranges centred (geometrically) near the paper's ΔT, N and θ. The warmup's range ends
+# where the reset interval's begins, so every point ramps back to full steps before its next reset
+# (docs/spam.md#warmup-after-reset); the ranges stay above the very short intervals and low
+# thresholds the paper's ablations found harmful (docs/spam.md#step-counted-hyperparameters).
+SEARCH = {
+    "lr": Dist(1e-4, 1e-2, log=True),
+    "opt.reset_interval": Dist(250, 1000, log=True, integer=True),
+    "opt.warmup_steps": Dist(50, 250, log=True, integer=True),
+    "opt.spike_threshold": Dist(500.0, 50000.0, log=True),
+}
+
 SPEC = OptimizerSpec(
     name="spam",
     factory=make,
     config_cls=SPAMConfig,
     description="SPAM: Adam + spike-aware clipping + momentum reset (+ sparse momentum)",
     reference="Huang et al. 2025, arXiv 2501.06842; official HEAD e8185fb semantics",
+    search_space=SEARCH,
 )

@@ -4,10 +4,10 @@
  * builds it on first use). Why not torch's own ops: a SPAM step is AdamW plus one comparison per
  * entry, yet chaining torch ops makes several passes over 58M-entry tensors, and on CPU the
  * index_select/index_add_ of masked entries are scalar and single-threaded. Why C and not a
- * torch C++ extension: compiling torch's headers takes a minute on 2 cores, this file takes a
- * fraction of a second, so it is built on first use and benchmark processes never wait.
+ * torch C++ extension: compiling against torch's headers is slow, while this file includes only
+ * the C library, so it can be built on first use without benchmark processes waiting on it.
  *
- * Arithmetic per entry, float32, in the order of SPAM.md §1.3 (the optimizer's tests compare it
+ * Arithmetic per entry, float32, in the order of docs/spam.md#update-rule (the optimizer's tests compare it
  * with a literal oracle): with v the previous second moment,
  *     if clip and g*g > theta*v (and v > 0 when guarding): g = copysign(sqrt(theta*v), g)
  *     m = beta1*m + (1-beta1)*g;   v = beta2*v + (1-beta2)*g*g;

@@ -1,11 +1,11 @@
 """Build and call SPAM's C kernel (`spam_kernel.c`) for float32 tensors on CPU.
 
-The shared library is compiled on first use with the system C compiler (`$CC`, else `cc`, `gcc`)
-in well under a second, and cached under `$SPAMBENCH_KERNEL_CACHE` (default
-~/.cache/spam-bench/kernels) by a hash of the source, the flags, the compiler and this CPU's
-feature flags: `-march=native` code built on one machine must never be loaded on another whose
-CPU lacks those instructions (a shared home directory on a cluster). Concurrent builds (Ray
-trials starting together) each write a private file and rename it into place.
+The shared library is compiled on first use with the system C compiler (`$CC`, else `cc`, `gcc`;
+the file includes only the C library, so the build is quick) and cached under
+`$SPAMBENCH_KERNEL_CACHE` (default ~/.cache/spam-bench/kernels) by a hash of the source, the flags,
+the compiler and this CPU's feature flags: `-march=native` code built on one machine must never be
+loaded on another whose CPU lacks those instructions (a shared home directory on a cluster).
+Concurrent builds (Ray trials starting together) each write a private file and rename it into place.
 
 When no compiler is found or the build fails, `load()` returns None with the reason in
 `unavailable_reason()`, and SPAM falls back to its torch-ops kernel, which gives the same results.

@@ -1,4 +1,4 @@
-"""SPAM with sparse momentum at the density that matches GaLore's memory (SPAM.md §1.4).
+"""SPAM with sparse momentum at the density that matches GaLore's memory (docs/spam.md#matched-density).
 
 d = (GaLore state of all 2-D attention/MLP weights at rank r: projector min(m,n)·r plus moments
 2·r·max(m,n)) / (Adam state of the same weights: 2·m·n), computed from the model's shapes. This
@@ -52,7 +52,7 @@ SPEC = OptimizerSpec(
     name="spam_sparse",
     factory=make,
     config_cls=SparseSPAMConfig,
-    description="SPAM with sparse momentum at GaLore's memory (density from the model, SPAM.md §1.4)",
+    description="SPAM with sparse momentum at GaLore's memory (density from the model, docs/spam.md#matched-density)",
     reference="Huang et al. 2025 arXiv 2501.06842 §memory-efficient; density rule of the authors' logs",
     needs_roles=True,
     sparse_state=True,

@@ -1,6 +1,6 @@
 """Stable-SPAM (Huang et al. 2025, arXiv 2502.17055): Adam with AdaClip, AdaGN and momentum reset.
 
-Our own code from the description of the official `TianjinYellow/StableSPAM` (SPAM.md §4.1).
+Our own code from the description of the official `TianjinYellow/StableSPAM` (docs/spam.md#stable-spam).
 Per parameter, with k its step counter and T the global call count:
 
     p *= 1 - lr·wd                                              decoupled decay, first
@@ -21,7 +21,8 @@ constant unit gradient and ΔT = 5 the updates are 1, 1, 1, 1, 1.833, 0.744, ...
 Differences from pytorch_optimizer 4.1's `StableSPAM`:
 - it zeroes m, v *before* use on a reset call (no 1.833 blip): our `fresh_reset=True`;
 - its norm/max EMAs are bias-corrected with the global step, ours (and official) with k;
-- it is not an oracle for the official code (SPAM.md §4.2), so our tests check the formulas.
+- it is not an oracle for the official code (docs/measured-facts.md#pytorch-optimizer-spam), so
+  our tests check the formulas.
 Differences from the official code, none of which changes the arithmetic in float32:
 - the user's gradient is never written into (official AdaClip edits `p.grad` in place);
 - the norm/max EMAs are float32 (or wider) tensors in `state` (saved by `state_dict`, counted as state);
@@ -39,7 +40,7 @@ from spam_bench.optimizers.state_io import restore_saved_dtypes
 from spam_bench.suite.config import param
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 EMA_KEYS = ("m_norm", "v_norm", "m_max")
 
@@ -180,6 +181,7 @@ SPEC = OptimizerSpec(
     factory=make,
     config_cls=StableSPAMConfig,
     description="Stable-SPAM: Adam + AdaClip + AdaGN + momentum reset",
-    reference="Huang et al. 2025 arXiv 2502.17055; official TianjinYellow/StableSPAM semantics (SPAM.md §4.1)",
+    reference="Huang et al. 2025 arXiv 2502.17055; official TianjinYellow/StableSPAM semantics "
+              "(docs/spam.md#stable-spam)",
     search_space={"lr": Dist(1e-4, 1e-2, log=True), "opt.gamma1": Dist(0.5, 0.9), "opt.gamma2": Dist(0.9, 0.9999)},
 )

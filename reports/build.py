@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from spam_bench.reports import html, leaderboard
-from spam_bench.reports.summary import load_runs, select, summary_table, to_markdown
+from spam_bench.reports.summary import current_code, load_runs, mixed_code, select, summary_table, to_markdown
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.results import RunStore
 
@@ -27,14 +27,33 @@ def _split_inapplicable(runs: pd.DataFrame, long: pd.DataFrame) -> tuple[pd.Data
     return runs[~refused].reset_index(drop=True), long, runs[refused].reset_index(drop=True)
 
 
+def _code_filter(runs: pd.DataFrame, long: pd.DataFrame, all_code: bool) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Keep the current code's runs (or all of them), and the words that say what was done."""
+    if runs.empty:
+        return runs, long, ""
+    if all_code:
+        mixed = mixed_code(runs)
+        note = ("runs of different code versions averaged together for " + ", ".join(mixed)) if mixed else ""
+        return runs, long, note
+    current = current_code(runs)
+    hidden = int((~current).sum())
+    runs = runs[current].reset_index(drop=True)
+    long = long[long.run_id.isin(set(runs.run_id))].reset_index(drop=True)
+    note = f"current code only ({hidden} runs made by other code hidden; --all-code shows them)" if hidden else ""
+    return runs, long, note
+
+
 def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None = None, scale: str | None = None,
-                      since: str | None = None, plots: bool = True) -> tuple[str, Path]:
+                      since: str | None = None, plots: bool = True, all_code: bool = False) -> tuple[str, Path]:
     """Write the report folder; returns (leaderboard Markdown, report folder).
 
     Filters take comma-separated names; `since` an ISO date/datetime or an age (7d, 12h).
+    By default only runs made by the code installed now are reported (their code fingerprint is the
+    current one); `all_code=True` reports every run and names the entries that mix code versions.
     `plots=False` skips the figures (faster; the Markdown then links none)."""
     out_root = Path(out_root)
     runs, long = select(*load_runs(RunStore(out_root)), task=task, opt=opt, scale=scale, since=since)
+    runs, long, code_note = _code_filter(runs, long, all_code)
     runs, long, inapplicable = _split_inapplicable(runs, long)
     report_dir = out_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +71,8 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
 
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
         images |= spikes.plot_traces(long, runs, report_dir)
-    filters = ", ".join(f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v)
+    filters = ", ".join([f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
+                        + ([code_note] if code_note else []))
     blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable)
     markdown = leaderboard.to_markdown(blocks)
     (report_dir / "leaderboard.md").write_text(markdown)

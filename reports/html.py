@@ -9,7 +9,7 @@ import html
 import re
 from pathlib import Path
 
-from spam_bench.reports.leaderboard import Block
+from spam_bench.reports.blocks import Block
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2329;

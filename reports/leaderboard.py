@@ -19,41 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spam_bench.reports import paper, stats
+from spam_bench.reports import paper, spikes, stats
+from spam_bench.reports.blocks import Block, Table, fmt, fmt_bytes
 
 BASELINE = "adamw"
 PROFILE_TAUS = (1.0, 1.01, 1.05, 1.1, 1.25, 1.5, 2.0)
 PROBLEM_KEYS = ["task", "scale", "problem"]
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-    highlight: set[int] = field(default_factory=set)  # row indices shown as best
-
-
-@dataclass
-class Block:
-    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "img"
-    text: str = ""
-    table: Table | None = None
-
-
-def fmt(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}g}"
-
-
-def fmt_bytes(n: Any) -> str:
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def problem_label(task: str, scale: str, problem: str) -> str:
@@ -252,7 +223,6 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None,
             blocks += paper.blocks(task, scale, problem, g)
     for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
         blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
-    from spam_bench.reports import spikes  # imports this module's Block and Table
 
     blocks += spikes.blocks(runs, images)
     blocks += [Block("h2", "Method"), Block("p", method_note())]

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from spam_bench.reports.leaderboard import Block, Table, fmt
+from spam_bench.reports.blocks import Block, Table, fmt
 
 SPIKE_COLUMNS = ("gss_spikes", "clipped_entries", "spike_events")
 

@@ -14,11 +14,12 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.resolve import code_of
 from spam_bench.suite.results import SPEC, SUMMARY, RunStore, read_json, read_metrics
 
 # Every long row carries what is needed to tell runs apart without a join: the canonical
 # hyperparameters (overrides, opt_hparams), the effective optimizer config, versions, commit, hardware.
-RUN_COLUMNS = ["run_id", "task", "optimizer", "seed", "scale", "device", "status", "settings", "git_commit",
+RUN_COLUMNS = ["run_id", "task", "optimizer", "seed", "scale", "device", "status", "settings", "git_commit", "code_id",
                "overrides", "opt_hparams", "optimizer_config", "versions", "hardware"]
 # Task fields that belong to the optimizer's recipe rather than to the problem: the learning rate is
 # tuned per optimizer (`spambench tune`), so runs that differ only in it compete in one table.
@@ -67,7 +68,8 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
         run = {
             "run_id": s["run_id"], "task": s["task"], "optimizer": s["optimizer"], "seed": s["seed"],
             "scale": s["scale"], "device": s.get("device", "cpu"), "status": s["status"],
-            "settings": _settings(s), "git_commit": s.get("git_commit"),
+            "settings": _settings(s), "git_commit": (s.get("git") or {}).get("commit") or s.get("git_commit"),
+            "code_id": (s.get("code") or {}).get("id"),
             "primary_metric": s["primary_metric"], "direction": s["direction"],
             "value": s.get("value"), "diverged_step": s.get("diverged_step"), "reason": s.get("reason"),
             "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
@@ -80,7 +82,7 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             "task_config": json.dumps(spec.get("task_config", {}), sort_keys=True),
             "problem": _problem(s), "problem_key": _problem_key(s, spec), "recipe": _recipe(s), "grad_clip": s.get("grad_clip"),
             "tokens_per_s": s.get("tokens_per_s"), "finished_at": finished.isoformat(timespec="seconds"),
-            **{k: (json.dumps(s[k], sort_keys=True) if k in s else None)
+            **{k: (json.dumps(s[k], sort_keys=True) if s.get(k) is not None else None)
                for k in ("gss_spikes", "clipped_entries", "spike_events")},
             "robustness": s.get("robustness"), "recovery_steps_mean": s.get("recovery_steps_mean"),
         }
@@ -97,6 +99,30 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs_df["problem"] = runs_df.groupby(["task", "scale", "problem_key"])["problem"].transform(
             lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t)))
     return runs_df, pd.DataFrame(rows, columns=long_columns)
+
+
+def current_code(runs: pd.DataFrame) -> pd.Series:
+    """Whether each run was made by the code installed now (its fingerprint is the current one).
+
+    A run whose task or optimizer is not installed here, or that predates fingerprints, is not current.
+    """
+    current: dict[tuple[str, str], str | None] = {}
+    for task, opt in runs[["task", "optimizer"]].drop_duplicates().itertuples(index=False):
+        try:
+            current[(task, opt)] = code_of(task, opt)["id"]
+        except ConfigError:
+            current[(task, opt)] = None
+    return pd.Series([code is not None and code == current[(t, o)]
+                      for t, o, code in runs[["task", "optimizer", "code_id"]].itertuples(index=False)],
+                     index=runs.index, dtype=bool)
+
+
+def mixed_code(runs: pd.DataFrame) -> list[str]:
+    """'task/optimizer' pairs whose runs come from more than one code version."""
+    if runs.empty:
+        return []
+    versions = runs.fillna({"code_id": "unversioned"}).groupby(["task", "optimizer"])["code_id"].nunique()
+    return [f"{t}/{o}" for (t, o), n in versions.items() if n > 1]
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:

@@ -14,9 +14,10 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.registry import OPTIMIZERS
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import RunRecorder, RunStore
 
@@ -62,21 +63,52 @@ class TuneRecorder(RunRecorder):
     """A RunRecorder that streams evaluation metrics to Tune (`<split>_<name>`, e.g. val_ppl, for
     schedulers such as ASHA) and announces each checkpoint as a pointer into the store."""
 
-    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         super().log(step, split, metrics)
         if split not in PER_STEP_SPLITS:
             from ray import tune
 
             tune.report({"step": step, "run_id": self.dir.name, **{f"{split}_{k}": float(v) for k, v in metrics.items()}})
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        super().save_checkpoint(state)
+    def save_checkpoint(self, state: dict[str, Any], step: int | None = None) -> None:
+        super().save_checkpoint(state, step)
         from ray import tune
 
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.dir), "step": state.get("step")}))
-            tune.report({"step": state.get("step"), "run_id": self.dir.name, "done": False},
+            (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.dir), "step": step}))
+            tune.report({"step": step, "run_id": self.dir.name, "done": False},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Optimizers registered in this process, as (import path, kwargs) for the trials to re-register.
+
+    Ray workers are other processes: they see entry points, not what a notebook or script registered.
+    An optimizer whose module they can import travels by import path; one defined in `__main__` (a
+    notebook, a script) cannot, and is refused in one line before Ray starts.
+    """
+    carried = {}
+    for name in sorted({r.spec.optimizer for r in runs}):
+        if name not in OPTIMIZERS.local:
+            continue
+        found = OPTIMIZERS.import_path(name)
+        if found is None:
+            raise ConfigError("opt", name, "an optimizer Ray workers can import: this one is registered only in "
+                              "this process (e.g. defined in a notebook or __main__); define it in an importable "
+                              "module, or declare an entry point in group spam_bench.optimizers")
+        carried[name] = found
+    return carried
+
+
+def _register_carried(plugins: dict[str, Any]) -> None:
+    import importlib
+
+    from spam_bench.runners.api import register_optimizer
+
+    for name, (path, kwargs) in plugins.items():
+        if OPTIMIZERS.registered(name) is None:
+            module, _, attr = path.partition(":")
+            register_optimizer(getattr(importlib.import_module(module), attr), name=name, **kwargs)
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -88,6 +120,7 @@ def _trial(config: dict[str, Any]) -> None:
     from spam_bench.suite.sweep import resolve_canonical
 
     config = config["trial"]
+    _register_carried(config.get("plugins", {}))
     torch.set_num_threads(max(1, int(config["cpus"])))
     run = resolve_canonical(config["spec"])
     store = RunStore(Path(config["out"]))
@@ -151,6 +184,7 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
     import ray
     from ray import tune
 
+    plugins = carried_plugins(runs)  # refuses what workers cannot see, before Ray starts
     storage = (options.out / "ray").resolve()
     exp_path = storage / options.name
     if options.resume and not tune.Tuner.can_restore(str(exp_path)):
@@ -165,7 +199,8 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
         if options.resume:
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            specs = [{"spec": r.spec.canonical(), "out": str(options.out), "cpus": options.cpus_per_trial} for r in runs]
+            specs = [{"spec": r.spec.canonical(), "out": str(options.out), "cpus": options.cpus_per_trial,
+                      "plugins": plugins} for r in runs]
             scheduler = None
             if options.asha:
                 from ray.tune.schedulers import ASHAScheduler
@@ -185,6 +220,7 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
                                           failure_config=tune.FailureConfig(max_failures=options.max_failures)),
             )
         results = tuner.fit()
-        return [dict(r.metrics or {}, error=str(r.error) if r.error else None) for r in results]
+        return [dict(results[i].metrics or {}, error=str(results[i].error) if results[i].error else None)
+                for i in range(len(results))]
     finally:
         ray.shutdown()

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar, cast
 
 import yaml
 
@@ -121,7 +121,7 @@ def _check_bounds(name: str, value: Any, meta: Mapping[str, Any], type_name: str
 
 def build_config(cls: type[C], values: Mapping[str, Any], *, prefix: str = "") -> C:
     """Build dataclass `cls` from `values`, validating every field; unknown keys are errors."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:

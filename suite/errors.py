@@ -16,6 +16,10 @@ class ConfigError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}: invalid value {value!r} (allowed: {allowed})")
 
+    def __reduce__(self) -> tuple[type, tuple[str, Any, str]]:
+        """Survive pickling (a Ray trial hands its error back to the driver), message intact."""
+        return type(self), (self.field, self.value, self.allowed)
+
 
 NOT_APPLICABLE = "not_applicable"
 

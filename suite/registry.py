@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import importlib
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
@@ -17,9 +18,16 @@ import torch
 from spam_bench.suite.config import build_config
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.model_info import ModelInfo
-from spam_bench.suite.tuning import Dist
+from spam_bench.suite.search_space import Dist
 
 T = TypeVar("T")
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Any = f.default_factory
+    return factory()
 
 
 @dataclass(frozen=True)
@@ -48,16 +56,23 @@ class OptimizerSpec:
     sparse_state: bool = False
     needs_closure: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    # Distributions whose versions can change this optimizer's numbers (the code fingerprint).
+    libraries: tuple[str, ...] = ()
     # Optimizer features it does not support, with the reason (e.g. {"add_param_group": "..."}):
     # the conformance kit skips those checks and says why.
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
-        return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(self.config_cls)}
+        return {f.name: _default(f) for f in dataclasses.fields(self.config_cls)}
 
     def build(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
         return self.instantiate(model, model_info, lr, build_config(self.config_cls, hparams, prefix="opt."))
+
+    @property
+    def module(self) -> str:
+        """The module that defines the optimizer (what its code fingerprint starts from)."""
+        return getattr(self.factory, "__module__", None) or "unknown"
 
     def instantiate(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, config: Any) -> torch.optim.Optimizer:
         """The optimizer for an already-validated config dataclass."""
@@ -86,10 +101,23 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self.families: dict[str, Family[T]] = {}
         self._built: dict[str, T] = {}  # family members built so far (one object per name)
+        self._modules: dict[str, str] = {}  # name -> the module that defines it (entry point or caller)
+        # Registered in this process rather than through an entry point: name -> (the object the caller
+        # handed over, its keyword arguments). Other processes (Ray workers) cannot see these.
+        self.local: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.broken: dict[str, str] = {}  # entry points that failed to import: name -> reason
         self._loaded = False
 
-    def register(self, name: str, item: T) -> T:
+    def register(self, name: str, item: T, module: str | None = None, source: Any = None,
+                 kwargs: Mapping[str, Any] | None = None, entry_point: bool = False) -> T:
+        """Add a plug-in; `module` is where it is defined (default: its class's module).
+
+        `source` and `kwargs` are what an in-process caller handed over (a class or factory and its
+        keyword arguments), so that it can be rebuilt by import path in another process."""
+        key = item.prefix if isinstance(item, Family) else name
+        self._modules[key] = module or type(item).__module__
+        if not entry_point:
+            self.local[key] = (item if source is None else source, dict(kwargs or {}))
         if isinstance(item, Family):
             self.families[item.prefix] = item
         else:
@@ -104,9 +132,37 @@ class Registry(Generic[T]):
             if ep.name in self._items or ep.name in self.families:
                 continue
             try:
-                self.register(ep.name, ep.load())
-            except Exception as err:  # a broken plug-in must not take the whole suite down
+                self.register(ep.name, ep.load(), module=ep.module, entry_point=True)
+            except (Exception, SystemExit) as err:  # a broken plug-in must not take the suite down
                 self.broken[ep.name] = f"{ep.value}: {type(err).__name__}: {err}"
+
+    def registered(self, name: str) -> T | None:
+        """The plug-in registered under exactly this name, or None (no error, no family lookup)."""
+        self._load()
+        return self._items.get(name)
+
+    def import_path(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """For a plug-in registered in this process: ("module:attribute", kwargs) that rebuild it in
+        another process, or None when its module cannot be imported there (e.g. `__main__`)."""
+        if name not in self.local:
+            return None
+        source, kwargs = self.local[name]
+        module = self._modules.get(name, "__main__")
+        if module in ("__main__", "builtins") or module.startswith("__"):
+            return None
+        try:
+            namespace = vars(importlib.import_module(module))
+        except Exception:  # noqa: BLE001 - any import failure means "not importable elsewhere"
+            return None
+        for attr, value in namespace.items():
+            if value is source:
+                return f"{module}:{attr}", kwargs
+        return None
+
+    def module_of(self, name: str) -> str:
+        """The module a plug-in is defined in (family members: the family's)."""
+        self._load()
+        return self._modules.get(name) or self._modules.get(name.partition(":")[0], "unknown")
 
     def names(self) -> list[str]:
         """The concrete plug-ins (family members such as `po:lion` are built on demand, not listed)."""
@@ -137,5 +193,5 @@ OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "spam_bench.optimize
 
 
 def make_optimizer(name: str, model: torch.nn.Module, model_info: ModelInfo, *, lr: float, **hparams: Any) -> torch.optim.Optimizer:
-    """The factory contract of DESIGN.md: `make(name, model, model_info, **hparams)`."""
+    """The optimizer factory contract (docs/architecture.md): `make(name, model, model_info, **hparams)`."""
     return OPTIMIZERS.get(name).build(model, model_info, lr, hparams)

@@ -13,8 +13,11 @@ from typing import Any, Mapping
 
 import torch
 
+from spam_bench.suite.clipping import ClipRule
 from spam_bench.suite.config import build_config, coerce, to_dict
+from spam_bench.suite.contract import Task
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.identity import fingerprint
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
 from spam_bench.suite.spec import RunSpec
@@ -27,10 +30,20 @@ class ResolvedRun:
     """A RunSpec with its task and optimizer looked up and their configs built and validated."""
 
     spec: RunSpec
-    task: Any
+    task: Task
     config: Any
     optimizer: OptimizerSpec
     opt_config: Any
+
+    @property
+    def clip(self) -> ClipRule:
+        """The one clip rule (suite/clipping.py): the task recipe's and the optimizer's clip both apply."""
+        return ClipRule(task=getattr(self.config, "grad_clip", None), optimizer=self.optimizer.grad_clip)
+
+    @property
+    def code(self) -> dict[str, Any]:
+        """The fingerprint of the code that makes this run's numbers (suite/identity.py)."""
+        return code_of(self.spec.task, self.spec.optimizer)
 
     def make_optimizer(self, model: torch.nn.Module, model_info: ModelInfo, *, lr: float) -> torch.optim.Optimizer:
         return self.optimizer.instantiate(model, model_info, lr, self.opt_config)
@@ -42,7 +55,8 @@ class ResolvedRun:
             "spec": self.spec.canonical(),
             "task_config": to_dict(self.config),
             "optimizer_config": to_dict(self.opt_config),
-            "grad_clip_from_optimizer": self.optimizer.grad_clip,
+            **self.clip.record(),
+            "code": self.code,
             "primary_metric": self.task.primary_metric,
             "direction": self.task.direction,
         }
@@ -65,12 +79,49 @@ def _split_sets(sets: Mapping[str, str], task_fields: set[str], opt_fields: set[
     return task_vals, opt_vals
 
 
+def code_of(task: str, optimizer: str) -> dict[str, Any]:
+    """The current code fingerprint of a registered (task, optimizer) pair; it does not depend on the
+    seed or the settings, so reports compute it once per pair."""
+    task_obj, opt = TASKS.get(task), OPTIMIZERS.get(optimizer)
+    return fingerprint(task_module=TASKS.module_of(task), optimizer_module=opt.module,
+                       libraries=tuple(task_obj.libraries) + tuple(opt.libraries))
+
+
+def check_device(device: str) -> None:
+    """A device this machine has: refused in one line before any run folder exists."""
+    if not _DEVICE.match(device):
+        raise ConfigError("device", device, "cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise ConfigError("device", device, "cpu" + (f" or cuda:0..cuda:{count - 1}" if count else
+                                                        " (no CUDA device is visible here)"))
+
+
+def check_capabilities(task: Task, config: Any, opt_name: str, opt: OptimizerSpec, device: str) -> None:
+    """Refuse a task/optimizer pair that cannot work, from what each declares (before the disk)."""
+    offers = task.offers(config)
+    if opt.needs_closure and not offers.closure:
+        raise ConfigError("opt", opt_name, f"an optimizer that steps without a closure (task {task.name} "
+                          "does not pass one to step())")
+    if device.split(":")[0] not in opt.devices:
+        raise ConfigError("device", device, f"{', '.join(opt.devices)} (what optimizer {opt_name} supports)")
+    missing = [d for d in offers.dtypes if d not in opt.dtypes]
+    if missing:
+        raise ConfigError("opt", opt_name, f"an optimizer supporting {', '.join(missing)} "
+                          f"(it supports {', '.join(opt.dtypes)})")
+
+
 def _typed_overrides(values: Mapping[str, Any], built: Any) -> dict[str, Any]:
     return {k: getattr(built, k) for k in values}
 
 
 def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
-            sets: Mapping[str, str] | None = None, device: str = "cpu") -> ResolvedRun:
+            sets: Mapping[str, str] | None = None, device: str = "cpu",
+            device_here: bool = True) -> ResolvedRun:
+    """`device_here=False` skips the check that this machine has the device (a sweep's driver may
+    have no GPU while its cluster does; each trial resolves again where it runs)."""
     task_obj = TASKS.get(task)
     opt_spec = OPTIMIZERS.get(optimizer)
     seed = coerce("seed", seed, int)
@@ -78,7 +129,9 @@ def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
         raise ConfigError("seed", seed, "int >= 0")
     if scale not in task_obj.scales():
         raise ConfigError("scale", scale, task_obj.scales())
-    if not _DEVICE.match(device):
+    if device_here:
+        check_device(device)
+    elif not _DEVICE.match(device):
         raise ConfigError("device", device, "cpu, cuda or cuda:N")
     task_fields = {f.name for f in dataclasses.fields(task_obj.config_cls)}
     opt_fields = {f.name for f in dataclasses.fields(opt_spec.config_cls)}
@@ -86,7 +139,8 @@ def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
 
     base = task_obj.scale_values(scale)
     config = build_config(task_obj.config_cls, {**base, **task_sets})
-    opt_config = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
+    opt_config: Any = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
+    check_capabilities(task_obj, config, optimizer, opt_spec, device)
     spec = RunSpec(task=task, optimizer=optimizer, seed=seed, scale=scale,
                    overrides=_typed_overrides(task_sets, config),
                    opt_hparams=_typed_overrides(opt_sets, opt_config), device=device)

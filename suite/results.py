@@ -68,6 +68,16 @@ class RunStore:
     def is_complete(run_dir: Path) -> bool:
         return (run_dir / SUMMARY).exists()
 
+    def set_aside(self, run_dir: Path, label: str) -> Path:
+        """Move a run folder made by other code to `<out>/superseded/<task>/<run_id>-<label>`, where
+        no report of current results looks, and return where it went."""
+        target = self.root / "superseded" / run_dir.parent.name / f"{run_dir.name}-{label}"
+        if target.exists():
+            target = target.with_name(f"{target.name}-{os.getpid()}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir, target)
+        return target
+
     @staticmethod
     def discard(run_dir: Path) -> None:
         """Remove a run folder (for --force) by renaming it away first, so it vanishes at once."""
@@ -103,7 +113,8 @@ class RunRecorder:
         self._metrics.flush()
         maybe_crash(step, self.dir)
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
+    def save_checkpoint(self, state: dict[str, Any], step: int | None = None) -> None:
+        """`step` says how far the run is (announced by recorders that report progress, e.g. to Tune)."""
         self._metrics.flush()
         state = dict(state, _metrics_bytes=self._metrics.tell(), _wall=self.wall)
         tmp = self.dir / f".{CHECKPOINT}.tmp-{os.getpid()}"

@@ -1,4 +1,4 @@
-"""The spike-instrument fields every gradient-based task config shares (telemetry and injection)."""
+"""The fields every gradient-based task config shares: spike telemetry and injection, and the recipe's clip."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,3 +16,12 @@ class SpikeFields:
     inject_entry_fraction: float = param(0.01, "Spike injection: fraction of gradient entries multiplied.", gt=0.0, le=1.0)
     inject_factor: float = param(1000.0, "Spike injection: the multiplier (the paper sees spikes up to 1000x).", gt=0.0)
     inject_seed: int = param(0, "Spike injection: seed of which steps and entries are hit.", ge=0)
+
+
+@dataclass
+class RunFields(SpikeFields):
+    """The fields every gradient-based task config has: the spike instruments' and the recipe's clip."""
+
+    grad_clip: float | None = param(None, "The task recipe's global-norm gradient clip (None = off). The optimizer's own "
+                                    "clip, if it declares one, also applies: the tighter wins (the one clip rule).",
+                                    gt=0.0)

@@ -1,10 +1,11 @@
-"""Gradient-spike instruments: online telemetry per parameter role, the paper's offline Gradient
-Spike Score, loss-spike detection, and seeded spike injection.
+"""Gradient-spike measurements: online telemetry per parameter role, the paper's offline Gradient
+Spike Score, loss-spike detection, recovery tracking and seeded spike injection. The run's
+`Instruments` (suite/instruments.py) combine them around every optimizer step.
 
 Telemetry observes the gradient the optimizer is about to see. Per coarse role (embedding,
 attention, mlp, norm, output, other) and step it reports the gradient norm, max |g|, and the ratio
 of the norm to its running (bias-corrected EMA) average; a ratio above `spike_ratio` is a spike
-event. For the paper's GSS (SPAM.md §3.1) it records a fixed, seeded sample of coordinates per
+event. For the paper's GSS (docs/spam.md#gradient-spike-score) it records a fixed, seeded sample of coordinates per
 tensor at every step; `gss()` is computed offline from that record, exactly as defined:
 GSS(g_i) = |g_i| / ((1/(T+1)) * sum_j |g_j|), a spike when GSS > 50.
 """
@@ -185,129 +186,3 @@ class RecoveryTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.recent.extend(state["recent"])
         self.open, self.recovered = list(state["open"]), list(state["recovered"])
-
-
-class SpikeInstruments:
-    """Everything a training loop does about spikes, behind three calls:
-    `before_step` (inject, then observe the gradient the optimizer will see), `after_step` (loss
-    spikes, recovery) and `finish` (save the GSS record, summarise)."""
-
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, fields: Any, seed: int):
-        self.model = model
-        self.telemetry = (GradientTelemetry(model, info, spike_ratio=fields.spike_ratio,
-                                            samples_per_tensor=fields.gss_samples, seed=seed)
-                          if fields.telemetry else None)
-        self.injector = (SpikeInjector(seed=fields.inject_seed, step_fraction=fields.inject_step_fraction,
-                                       entry_fraction=fields.inject_entry_fraction, factor=fields.inject_factor)
-                         if fields.inject_step_fraction > 0 else None)
-        self.loss_spikes = LossSpikeDetector(fields.loss_spike_factor)
-        self.recovery = RecoveryTracker()
-        self.counts: dict[str, int] = {}
-        self.role_of = {id(p): COARSE_ROLE[info.role_of(n)] for n, p in model.named_parameters()}
-        self.optimizer_steps = 0
-        self.clipped: dict[str, int] = {}   # entries an optimizer clipped (SPAM), per role
-        self.reset_steps: list[int] = []    # optimizer steps on which it reset its moments
-        self.watching = False
-        self._pending: dict[str, float] = {}
-
-    def watch(self, optimizer: torch.optim.Optimizer) -> None:
-        """Count what a spike-aware optimizer (one with `track_clipping`, e.g. SPAM) did each step:
-        entries clipped per role and momentum resets, via a step post-hook."""
-        if not hasattr(optimizer, "track_clipping"):
-            return
-        optimizer.track_clipping = True
-        self.watching = True
-
-        def after_step(opt: Any, args: Any, kwargs: Any) -> None:
-            self.optimizer_steps += 1
-            metrics: dict[str, float] = {}
-            if opt.reset_last_step:
-                self.reset_steps.append(self.optimizer_steps)
-                metrics["optimizer_reset"] = 1.0
-            for p, n in (opt.clipped_last_step or {}).items():
-                role = self.role_of.get(id(p), "other")
-                self.clipped[role] = self.clipped.get(role, 0) + n
-                metrics[f"clipped/{role}"] = metrics.get(f"clipped/{role}", 0.0) + n
-            self._pending = metrics
-
-        optimizer.register_step_post_hook(after_step)
-
-    def take_optimizer_metrics(self) -> dict[str, float]:
-        """What the watched optimizer did in its last step (for loops that log per step)."""
-        metrics, self._pending = self._pending, {}
-        return metrics
-
-    def before_step(self, step: int) -> tuple[dict[str, float], bool]:
-        injected = self.injector.apply(step, self.model.parameters()) if self.injector else False
-        metrics = self.telemetry.observe() if self.telemetry else {}
-        for key, value in list(metrics.items()):
-            if key.startswith("grad_spike/"):
-                self.counts[key] = self.counts.get(key, 0) + int(value)
-                if not value:
-                    del metrics[key]  # log spike events only where they happen
-            elif key.startswith("grad_ratio/"):
-                del metrics[key]
-        if injected:
-            metrics["injected_spike"] = 1.0
-            self.counts["injected"] = self.counts.get("injected", 0) + 1
-        return metrics, injected
-
-    def after_step(self, step: int, loss: float, injected: bool) -> dict[str, float]:
-        self.recovery.observe(step, loss, injected)
-        if self.loss_spikes.observe(loss):
-            self.counts["loss_spikes"] = self.counts.get("loss_spikes", 0) + 1
-            return {"loss_spike": 1.0}
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"telemetry": self.telemetry.state_dict() if self.telemetry else None, "counts": dict(self.counts),
-                "optimizer_steps": self.optimizer_steps, "clipped": dict(self.clipped),
-                "reset_steps": list(self.reset_steps),
-                "loss_spikes": self.loss_spikes.state_dict(), "recovery": self.recovery.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.telemetry and state["telemetry"] is not None:
-            self.telemetry.load_state_dict(state["telemetry"])
-        self.counts = dict(state["counts"])
-        self.optimizer_steps, self.clipped = state["optimizer_steps"], dict(state["clipped"])
-        self.reset_steps = list(state["reset_steps"])
-        self.loss_spikes.load_state_dict(state["loss_spikes"])
-        self.recovery.load_state_dict(state["recovery"])
-
-    def finish(self, run_dir: Path) -> dict[str, Any]:
-        out: dict[str, Any] = {"spike_events": dict(sorted(self.counts.items()))}
-        if self.watching:
-            out["clipped_entries"] = dict(sorted(self.clipped.items()))
-            out["reset_steps"] = list(self.reset_steps)
-        if self.telemetry:
-            self.telemetry.save(run_dir)
-            trace = np.stack(self.telemetry.records) if self.telemetry.records else np.zeros((0, 0))
-            out["gss_spikes"] = gss_spike_counts(trace, self.telemetry.column_roles()) if trace.size else {}
-        if self.injector:
-            out["spikes_injected"] = self.counts.get("injected", 0)
-            if self.recovery.recovered or self.recovery.open:  # loops that report their loss per step
-                recovery = self.recovery.summary()
-                out.update(spikes_unrecovered=recovery["spikes_unrecovered"],
-                           recovery_steps_mean=recovery["recovery_steps_mean"])
-        return out
-
-
-def attach_to_optimizer(optimizer: torch.optim.Optimizer, instruments: SpikeInstruments,
-                        log: Any) -> dict[str, int]:
-    """For library-driven loops (SB3, Lightning): run the instruments in a step pre-hook.
-
-    Registered before any clipping hook, injection happens before clipping, as in the llm loop.
-    Metrics go to `log(step, "optim", metrics)` with the optimizer-step count; the returned
-    counter belongs in the task's checkpoint.
-    """
-    counter = {"step": 0}
-
-    def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        counter["step"] += 1
-        metrics, _ = instruments.before_step(counter["step"])
-        if metrics:
-            log(counter["step"], "optim", metrics)
-
-    optimizer.register_step_pre_hook(before_step)
-    instruments.watch(optimizer)
-    return counter

@@ -54,7 +54,7 @@ def expand(*, task: str, optimizers: list[str], seeds: list[int], grid: Mapping[
     runs = []
     for opt, values in itertools.product(optimizers, itertools.product(*(grid[k] for k in keys))):
         for seed in seeds:
-            runs.append(resolve(task=task, optimizer=opt, seed=seed, scale=scale, device=device,
+            runs.append(resolve(task=task, optimizer=opt, seed=seed, scale=scale, device=device, device_here=False,
                                 sets={**(sets or {}), **(opt_sets or {}).get(opt, {}), **dict(zip(keys, values))}))
     return runs
 

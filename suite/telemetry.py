@@ -2,7 +2,7 @@
 
 Optimizer memory is analytic (sum of numel x element size over the tensors in `optimizer.state`),
 because allocator readings on CPU are noise and disputes about optimizer memory are mostly disputes
-about how it was measured (ECOSYSTEM.md).
+about how it was measured (docs/measured-facts.md#optimizer-memory).
 """
 from __future__ import annotations
 

@@ -8,32 +8,18 @@ Points come from a scrambled Halton sequence (any number of trials, low discrepa
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.registry import OPTIMIZERS
+from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import SUMMARY, RunStore, atomic_write_json, read_json
+from spam_bench.suite.search_space import Dist
+
+__all__ = ["Dist", "draw", "load_best", "plan_trials", "save_best_trials", "tuning_store"]
 
 TUNING_SEED_BASE = 10_000  # tuning seeds never collide with the evaluation seeds users pick
-
-
-@dataclass(frozen=True)
-class Dist:
-    """A one-dimensional search range; `log` samples uniformly in log space."""
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    def sample(self, u: float) -> float | int:
-        if self.log:
-            value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        else:
-            value = self.low + u * (self.high - self.low)
-        return int(round(value)) if self.integer else float(f"{value:.4g}")
 
 
 def draw(space: Mapping[str, Dist], n: int, seed: int) -> list[dict[str, Any]]:
@@ -77,8 +63,6 @@ def plan_trials(*, task: str, optimizers: list[str], trials: int, sets: Mapping[
 
     Every optimizer gets the same seeds and the same number of points: a fair budget.
     Returns (runs, run_id -> drawn point)."""
-    from spam_bench.suite.registry import OPTIMIZERS
-    from spam_bench.suite.resolve import resolve
 
     runs, drawn = [], {}
     for opt in optimizers:
@@ -86,7 +70,7 @@ def plan_trials(*, task: str, optimizers: list[str], trials: int, sets: Mapping[
         if not space:
             raise ConfigError("opt", opt, "an optimizer that declares a search space")
         for i, point in enumerate(draw(space, trials, seed=0)):
-            run = resolve(task=task, optimizer=opt, seed=TUNING_SEED_BASE + i, scale=scale, device=device,
+            run = resolve(task=task, optimizer=opt, seed=TUNING_SEED_BASE + i, scale=scale, device=device, device_here=False,
                           sets={**sets, **{k: str(v) for k, v in point.items()}})
             runs.append(run)
             drawn[run.spec.run_id] = point

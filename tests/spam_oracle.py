@@ -1,4 +1,5 @@
-"""A slow, literal SPAM: one parameter at a time, line by line as SPAM.md §1.3/§1.4 writes it.
+"""A slow, literal SPAM: one parameter at a time, line by line as docs/spam.md#update-rule and
+#sparse-momentum write it.
 
 It exists only to be compared with `optimizers.spam.SPAM`, so it must stay obvious, not fast:
 boolean masks, full-size scatter buffers, no fused kernels. The deliberate differences from the

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from spam_bench.suite.cli import main
+from spam_bench.runners.cli import main
 
 BAD_INPUTS = [
     (["--task", "nope", "--opt", "adamw"], "task: invalid value 'nope' (allowed: one of llm"),
@@ -24,7 +24,13 @@ BAD_INPUTS = [
     (["--task", "llm", "--opt", "adamw", "--set", "opt.beta2=1.5"], "opt.beta2: invalid value 1.5 (allowed: float >= 0.0 and < 1.0)"),
     (["--task", "llm", "--opt", "adamw", "--device", "tpu"], "device: invalid value 'tpu' (allowed: cpu, cuda or cuda:N)"),
     (["--task", "llm", "--opt", "adamw", "--set", "n_heads=3"], "n_heads: invalid value 3 (allowed: a divisor of hidden_size=128)"),
+    (["--task", "spikes", "--opt", "po:lbfgs"], "opt: invalid value 'po:lbfgs' (allowed: an optimizer that steps without a closure"),
 ]
+if not __import__("torch").cuda.is_available():  # a device this machine does not have
+    BAD_INPUTS += [
+        (["--task", "spikes", "--opt", "adamw", "--device", "cuda"], "device: invalid value 'cuda' (allowed: cpu (no CUDA"),
+        (["--task", "llm", "--opt", "adamw", "--device", "cuda:99"], "device: invalid value 'cuda:99' (allowed: cpu (no CUDA"),
+    ]
 
 
 @pytest.mark.parametrize("argv,expected", BAD_INPUTS, ids=[e.split(":")[0] for _, e in BAD_INPUTS])
@@ -38,7 +44,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, out_dir
 
 
 def test_console_script_exits_2_for_unknown_flag(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "spam_bench.suite.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
+    proc = subprocess.run([sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unrecognized arguments: --bogus" in proc.stderr

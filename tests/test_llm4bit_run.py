@@ -4,17 +4,11 @@ import sys
 import pytest
 
 from conftest import sigkill_when, small_llm_sets
-from spam_bench.suite.cli import main
-from spam_bench.suite.registry import TASKS
+from spam_bench.runners.cli import main
 from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.tasks.llm import TASK as LLM_TASK
 from spam_bench.tasks.llm4bit import TASK
-
-# Until pyproject.toml declares the entry point `llm4bit = "spam_bench.tasks.llm4bit:TASK"`.
-TASKS.register("llm4bit", TASK)
-_CLI = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.llm4bit import TASK; "
-        "TASKS.register('llm4bit', TASK); from spam_bench.suite.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _run(out_dir, *sets, opt="adamw", extra=()):
@@ -73,7 +67,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert _run(straight, *sets) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-c", _CLI, "run", "--task", "llm4bit", "--opt", "adamw", "--out", str(killed)]
+    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm4bit", "--opt", "adamw",
+           "--out", str(killed)]
     for s in sets:
         cmd += ["--set", s]
     run_dir = sigkill_when(cmd, killed, "llm4bit", lambda lines: lines[-1]["step"] >= 23)

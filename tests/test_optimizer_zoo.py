@@ -16,7 +16,7 @@ from conftest import small_llm_sets
 from spam_bench.optimizers import adafactor, adam, adam_mini, galore, po, spam_sparse, stable_spam
 from spam_bench.optimizers.galore import GaLoreAdamW, paper_preset, paper_rank
 from spam_bench.optimizers.stable_spam import StableSPAM
-from spam_bench.suite.cli import main
+from spam_bench.runners.cli import main
 from spam_bench.suite.config import build_config
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.model_info import ModelInfo
@@ -169,7 +169,7 @@ def test_spam_sparse_masks_attention_and_mlp_at_the_matched_density_and_rank_mov
 
 # ---- Stable-SPAM ---------------------------------------------------------------------------------
 def literal_stable_spam(params, grads_per_step, lr, betas, eps, wd, g1, g2, g3, dt, total, eta_min):
-    """SPAM.md §4.1 line by line, one tensor at a time, in float64."""
+    """docs/spam.md#stable-spam line by line, one tensor at a time, in float64."""
     state = [dict(m=torch.zeros_like(p), v=torch.zeros_like(p), k=0, mn=0.0, vn=0.0, mx=0.0) for p in params]
     for t, grads in enumerate(grads_per_step, start=1):
         s = 1.0 if total is None else eta_min + (1 - eta_min) * (1 + math.cos(math.pi * t / total)) / 2

@@ -25,7 +25,7 @@ def _near(pixels: np.ndarray, rgb: np.ndarray, tol: int = 6) -> int:
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found (Debian: apt-get install chromium; .ci/run installs it)")
 def test_html_page_renders_tables_and_plots_in_headless_chromium(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "runs")
-    _, report_dir = write_leaderboard(tmp_path)
+    _, report_dir = write_leaderboard(tmp_path, all_code=True)
     page = (report_dir / "leaderboard.html").read_text()
     assert page.count("<table>") >= 5 and page.count('src="data:image/png;base64,') == 7
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)  # self-contained: nothing to fetch

@@ -30,7 +30,7 @@ def store(tmp_path):
 def full_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     shutil.copytree(FIXTURES / "report_runs" / "runs", out / "runs")
-    return write_leaderboard(out)
+    return write_leaderboard(out, all_code=True)
 
 
 def _row(markdown, section, optimizer):
@@ -67,25 +67,25 @@ def test_the_report_folder_has_every_output(full_report):
 def test_incomplete_runs_are_ignored(store):
     (incomplete,) = [d for d in store.glob("runs/*/*") if not (d / "summary.json").exists()]
     assert incomplete.name.startswith("spam-s3-tiny") and (incomplete / "metrics.jsonl").stat().st_size
-    markdown, report_dir = write_leaderboard(store, plots=False)
+    markdown, report_dir = write_leaderboard(store, plots=False, all_code=True)
     assert incomplete.name not in set(pd.read_parquet(report_dir / "results.parquet")["run_id"])
     row = _row(markdown, "llm · tiny · defaults", "spam")
     assert row[3] == "99.43" and row[5] == "3"  # (98.7 + 99.5 + 100.1) / 3 over the 3 complete seeds, not 4
 
 
 def test_diverged_runs_are_counted_not_averaged(store):
-    markdown, _ = write_leaderboard(store, plots=False)
+    markdown, _ = write_leaderboard(store, plots=False, all_code=True)
     rank, _, _, mean, ci, seeds, diverged, *_ = _row(markdown, "llm · tiny · defaults", "adam")
     assert (mean, ci, seeds, diverged) == ("103.7", "[103.4, 104]", "2", "1")  # seeds 0 and 1 only
     assert rank == "3"
 
 
 def test_filters_by_task_optimizer_and_scale(store):
-    markdown, report_dir = write_leaderboard(store, task="rl", opt="spam,adamw", plots=False)
+    markdown, report_dir = write_leaderboard(store, task="rl", opt="spam,adamw", plots=False, all_code=True)
     runs = pd.read_parquet(report_dir / "results.parquet").drop_duplicates("run_id")
     assert set(runs["task"]) == {"rl"} and set(runs["optimizer"]) == {"spam", "adamw"}
     assert "## llm" not in markdown and "filters: task=rl, opt=spam,adamw" in markdown
-    markdown, report_dir = write_leaderboard(store, scale="paper-60m", plots=False)
+    markdown, report_dir = write_leaderboard(store, scale="paper-60m", plots=False, all_code=True)
     assert set(pd.read_parquet(report_dir / "results.parquet")["scale"]) == {"paper-60m"}
     assert "Published numbers" in markdown and "### llm · tiny" not in markdown
 
@@ -96,9 +96,9 @@ def test_since_keeps_runs_finished_after_a_date_or_within_an_age(store):
         if summary.parts[-3] == "llm":
             os.utime(summary, (old, old))
     for since in ("2024-06-01", "2024-06-01T12:00:00+02:00", "30d"):
-        _, report_dir = write_leaderboard(store, since=since, plots=False)
+        _, report_dir = write_leaderboard(store, since=since, plots=False, all_code=True)
         assert set(pd.read_parquet(report_dir / "results.parquet")["task"]) == {"rl"}, since
-    markdown, _ = write_leaderboard(store, since="2030-01-01", plots=False)
+    markdown, _ = write_leaderboard(store, since="2030-01-01", plots=False, all_code=True)
     assert "No complete runs match since=2030-01-01" in markdown
     with pytest.raises(ConfigError, match="since"):
-        write_leaderboard(store, since="last tuesday", plots=False)
+        write_leaderboard(store, since="last tuesday", plots=False, all_code=True)

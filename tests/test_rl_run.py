@@ -10,14 +10,13 @@ from stable_baselines3 import PPO
 from conftest import sigkill_when
 from spam_bench.optimizers.adamw import SPEC as ADAMW
 from spam_bench.optimizers.adamw import make as make_adamw
-from spam_bench.suite.cli import main
-from spam_bench.suite.registry import TASKS, OptimizerSpec
+from spam_bench.runners.cli import main
+from spam_bench.suite.registry import OptimizerSpec
 from spam_bench.suite.resolve import resolve
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.interrupt import StopRequest
 from spam_bench.suite.results import RunRecorder, read_json, read_metrics
-from spam_bench.tasks.rl import TASK
 from spam_bench.tasks.rl.train import Trainer
-
-TASKS.register("rl", TASK)  # until pyproject.toml declares the entry point
 
 # Two 256-step rollouts per 512 steps, 8 optimizer steps each; one 1000-step evaluation episode.
 SMALL = {"total_timesteps": 1024, "n_steps": 256, "batch_size": 64, "n_epochs": 2,
@@ -62,8 +61,10 @@ def train(run_dir, opt="adamw", spec: OptimizerSpec | None = None, **changes) ->
         run = dataclasses.replace(run, optimizer=spec)
     recorder = RunRecorder(run_dir, run.record())
     try:
-        trainer = Trainer(run, recorder)
-        return trainer, trainer.fit()
+        ctx = RunContext(run, recorder, StopRequest())
+        trainer = Trainer(ctx)
+        result = trainer.fit()
+        return trainer, {**result.metrics, "value": result.value, "steps": result.steps, **ctx.measurements()}
     finally:
         recorder.close()
 
@@ -105,7 +106,7 @@ def test_short_adamw_run_trains_evaluates_and_writes_a_complete_run_folder(short
     # fused AdamW: fp32 m and v per parameter plus a 4-byte step per tensor (13 tensors in the policy)
     assert s["optimizer_state_bytes"] == 2 * 4 * s["n_params"] + 4 * 13
     spec = read_json(short_run / "spec.json")
-    assert spec["task_config"]["lr"] == 2.0633e-05 and spec["task_config"]["max_grad_norm"] == 0.8
+    assert spec["task_config"]["lr"] == 2.0633e-05 and spec["task_config"]["grad_clip"] == 0.8
 
 
 def test_the_optimizer_that_steps_is_the_factorys(tmp_path):
@@ -130,10 +131,10 @@ def test_per_group_learning_rate_ratios_survive_sb3s_lr_updates(tmp_path):
 
 def test_zoo_grad_clip_applies_by_default_and_none_turns_it_off(short_run, tmp_path):
     clipped = [v for _, v in metric(short_run, "train", "clipped_fraction")]
-    assert read_json(short_run / "summary.json")["max_grad_norm"] == 0.8 and max(clipped) > 0
-    assert cli(tmp_path, max_grad_norm="none", total_timesteps=512) == 0
+    assert read_json(short_run / "summary.json")["grad_clip"] == 0.8 and max(clipped) > 0
+    assert cli(tmp_path, grad_clip="none", total_timesteps=512) == 0
     run_dir = only_run_dir(tmp_path)
-    assert read_json(run_dir / "summary.json")["max_grad_norm"] is None
+    assert read_json(run_dir / "summary.json")["grad_clip"] is None
     assert {v for _, v in metric(run_dir, "train", "clipped_fraction")} == {0.0}
     assert max(v for _, v in metric(run_dir, "train", "grad_norm_max")) > 0.8  # it would have clipped
 
@@ -157,11 +158,12 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, opt, hparam
 
     run = resolved(opt, **hparams)
     recorder = RunRecorder(tmp_path / "stopped", run.record())
-    trainer = Trainer(run, recorder)
+    stop = StopRequest()
+    trainer = Trainer(RunContext(run, recorder, stop))
     boundary = trainer.boundary
 
     def ctrl_c_at_512(*, final):  # what the first Ctrl-C does, at a chosen boundary
-        trainer.stop.requested |= trainer.model.num_timesteps >= 512
+        stop.requested |= trainer.model.num_timesteps >= 512
         boundary(final=final)
 
     trainer.boundary = ctrl_c_at_512
@@ -180,9 +182,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert cli(tmp_path / "straight", **changes) == 0
 
     killed = tmp_path / "killed"
-    code = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.rl import TASK; TASKS.register('rl', TASK); "
-            "from spam_bench.suite.cli import main; sys.exit(main(sys.argv[1:]))")
-    cmd = [sys.executable, "-c", code, "run", "--task", "rl", "--opt", "adamw", "--out", str(killed)]
+    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "rl", "--opt", "adamw",
+           "--out", str(killed)]
     for k, v in sets(**changes).items():
         cmd += ["--set", f"{k}={v}"]
     # an update after step 1024 was logged: the checkpoint at 1024 exists
@@ -199,11 +200,11 @@ def test_hopper_runs_with_its_own_zoo_recipe(tmp_path):
     run_dir = only_run_dir(tmp_path)
     s, spec = read_json(run_dir / "summary.json"), read_json(run_dir / "spec.json")
     assert s["status"] == "complete" and s["env"] == "Hopper-v5" and s["train_episodes"] > 0
-    assert (spec["task_config"]["gamma"], spec["task_config"]["max_grad_norm"]) == (0.999, 0.7)
+    assert (spec["task_config"]["gamma"], spec["task_config"]["grad_clip"]) == (0.999, 0.7)
 
 
 def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(tmp_path):
-    assert cli(tmp_path, lr=1e30, max_grad_norm="none") == 0
+    assert cli(tmp_path, lr=1e30, grad_clip="none") == 0
     s = read_json(only_run_dir(tmp_path) / "summary.json")
     assert s["status"] == "diverged" and s["value"] is None and 0 < s["diverged_step"] <= 1024
 

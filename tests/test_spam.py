@@ -1,4 +1,4 @@
-"""SPAM behaviours, one per test, on tiny tensors (SPAM.md §1.3-1.4, §6)."""
+"""SPAM behaviours, one per test, on tiny tensors (docs/spam.md#update-rule to #sparse-momentum)."""
 from __future__ import annotations
 
 import math

@@ -108,7 +108,7 @@ def check_against_oracle(device: str, kernel: str, block_size: int | None) -> No
 def test_matches_pytorch_optimizer_before_the_first_reset() -> None:
     po = pytest.importorskip("pytorch_optimizer")
     version = tuple(int(x) for x in importlib.metadata.version("pytorch_optimizer").split(".")[:2])
-    assert version >= (4, 1), "pytorch_optimizer 3.x SPAM does not clip (SPAM.md §4.2)"
+    assert version >= (4, 1), "pytorch_optimizer 3.x SPAM does not clip (docs/measured-facts.md#pytorch-optimizer-spam)"
     ours_p, theirs_p = make_params("cpu"), make_params("cpu")
     ours = SPAM(groups(ours_p, density=None), lr=1e-2, clip_delay=20, warmup_steps=150, reset_interval=500)
     theirs = po.SPAM(groups(theirs_p, density=None), lr=1e-2, density=1.0, weight_decay=0.0, warmup_epoch=150,

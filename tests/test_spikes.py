@@ -5,7 +5,9 @@ import torch
 
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.spike_config import SpikeFields
-from spam_bench.suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, SpikeInstruments, gss,
+from spam_bench.suite.clipping import ClipRule
+from spam_bench.suite.instruments import Instruments
+from spam_bench.suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, gss,
                           gss_spike_counts)
 
 
@@ -83,18 +85,20 @@ def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets(kernel: str)
         pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")
     model, info = _model_and_info()
     opt = SPAM(model.parameters(), lr=1e-3, reset_interval=40, clip_delay=5, spike_threshold=5000.0, kernel=kernel)
-    instruments = SpikeInstruments(model, info, _fields(), seed=0)
-    instruments.watch(opt)
+    logged: dict[int, dict[str, float]] = {}
+    instruments = Instruments(model, info, _fields(), seed=0, optimizer=opt, clip=ClipRule(None, None),
+                              log=lambda step, split, metrics: logged.setdefault(step, {}).update(metrics))
     weight = model[0].weight
     for step in range(1, 61):
         for p in model.parameters():
             p.grad = torch.full_like(p, 0.01)
         if step == 30:
             weight.grad.view(-1)[[3, 17, 40]] = 100.0  # |g| = 1e4 x RMS: far past sqrt(5000) x sqrt(v)
+        instruments.before_step()
         opt.step()
+        instruments.after_step()
         expected = {weight: 3} if step == 30 else {}
         assert {p: n for p, n in opt.clipped_last_step.items() if n} == expected
-        metrics = instruments.take_optimizer_metrics()
-        assert metrics.get("clipped/mlp", 0.0) == (3.0 if step == 30 else 0.0)
+        assert logged[step].get("clipped/mlp", 0.0) == (3.0 if step == 30 else 0.0)
     assert instruments.reset_steps == [40]
     assert instruments.clipped == {"mlp": 3}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import small_llm_sets
-from spam_bench.suite.cli import main
+from spam_bench.runners.cli import main
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.suite.sweep import expand, parse_grid, parse_seeds
@@ -93,7 +93,7 @@ def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
     out = tmp_path / "out"
     argv = _sweep_argv(out, "--opt", "adamw", "--seeds", "0-3", "--max-concurrent", "1",
                        sets=small_llm_sets(steps=400, eval_every=100, checkpoint_every=20))
-    cmd = [sys.executable, "-m", "spam_bench.suite.cli", *argv]
+    cmd = [sys.executable, "-m", "spam_bench.runners.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def mid_run() -> bool:

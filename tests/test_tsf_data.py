@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spam_bench.suite.cli import main
+from spam_bench.runners.cli import main
 from spam_bench.suite.config import build_config, load_yaml
 from spam_bench.suite.registry import TASKS
 from spam_bench.suite.results import read_json

@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from spam_bench.optimizers import adamw
-from spam_bench.suite.cli import main
-from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
+from spam_bench.runners.cli import main
+from spam_bench.suite.registry import OPTIMIZERS, OptimizerSpec
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.tasks.tsf import TASK
-
-TASKS.register("tsf", TASK)  # until pyproject.toml declares the entry point
 
 # A few seconds per run: a small model, 2 epochs x 10 batches on statsmodels' fertility series.
 SMALL = {"epochs": 2, "num_batches_per_epoch": 10, "batch_size": 16, "d_model": 16, "dim_feedforward": 32,
@@ -112,9 +110,7 @@ def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(out_dir):
 
 def _cli_command(out_dir, sets):
     argv = _argv(out_dir, *sets)
-    code = ("import sys; from spam_bench.suite.registry import TASKS; from spam_bench.tasks.tsf import TASK; TASKS.register('tsf', TASK); "
-            "from spam_bench.suite.cli import main; raise SystemExit(main(sys.argv[1:]))")
-    return [sys.executable, "-c", code, *argv]
+    return [sys.executable, "-m", "spam_bench.runners.cli", *argv]
 
 
 def _wait_for_step(out_dir, proc, step, timeout=120):

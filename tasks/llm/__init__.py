@@ -1,4 +1,4 @@
-"""`llm`: LLaMA pre-training, the paper's main benchmark (SPAM.md §1.7, §3.2).
+"""`llm`: LLaMA pre-training, the paper's main benchmark (docs/spam.md#llama-on-c4).
 
 Primary metric: validation perplexity (lower is better). Scales: `tiny` (Shakespeare, ~1.3M
 parameters, CPU minutes) and `paper-60m` ... `paper-1b` (C4, the paper's shapes and recipe).
@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spam_bench.tasks.base import TaskBase
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
+from spam_bench.suite.task_base import TaskBase
 from spam_bench.tasks.llm import corpus
 from spam_bench.tasks.llm.config import LLMConfig
 
@@ -27,10 +29,10 @@ def build_data(config: LLMConfig, seed: int) -> Any:
 
 
 class LLMTask(TaskBase):
-    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+    def run(self, ctx: RunContext) -> TaskResult:
         from spam_bench.tasks.llm.train import Trainer
 
-        return Trainer(run, recorder, build_data(run.config, run.spec.seed)).fit()
+        return Trainer(ctx, build_data(ctx.config, ctx.seed)).fit()
 
     def fetch_data(self) -> None:
         corpus.fetch_corpus()
@@ -43,4 +45,5 @@ TASK = LLMTask(
     primary_metric="val_ppl",
     direction="min",
     config_dir=Path(__file__).parent / "configs",
+    libraries=("tokenizers", "datasets"),
 )

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 from spam_bench.suite.config import param
 from spam_bench.suite.errors import ConfigError
-from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spike_config import RunFields
 
 
 @dataclass
-class LLMConfig(SpikeFields):
+class LLMConfig(RunFields):
     # --- model (the paper's configs/llama_*.json) ---
     vocab_size: int = param(2048, "Vocabulary size (tiny: BPE trained on the corpus; paper: T5's 32000).", ge=16)
     hidden_size: int = param(128, "Model width.", ge=8)
@@ -33,7 +33,6 @@ class LLMConfig(SpikeFields):
     lr: float = param(1e-3, "Peak learning rate of the schedule.", gt=0.0)
     lr_warmup_steps: int = param(100, "Linear warmup from 0 (paper: 1000).", ge=0)
     min_lr_ratio: float = param(0.1, "Cosine decays to this fraction of the peak (paper: 0.1).", ge=0.0, le=1.0)
-    grad_clip: float | None = param(None, "Global-norm gradient clipping; off in the paper.", gt=0.0)
     # --- evaluation and bookkeeping ---
     eval_every: int = param(250, "Validate every this many updates (and at the end).", ge=1)
     eval_tokens: int = param(32768, "Validation token budget per evaluation (paper: 10M).", ge=1)

@@ -5,7 +5,7 @@ Two sources with one interface (`train_batch(step)`, `val_batches()`):
   windows sampled at random positions. The window for step s depends only on (seed, s), so a
   resumed run sees exactly the batches an uninterrupted one would.
 - `C4Data` (paper): C4 "en" streamed, T5 tokenizer, one document per sequence padded to max_length
-  with pad labels -100, `shuffle(seed=42)` and split by rank, as in the paper's code (SPAM.md §1.7).
+  with pad labels -100, `shuffle(seed=42)` and split by rank, as in the paper's code (docs/spam.md#llama-on-c4).
   Its position is the number of sequences consumed, restored with `IterableDataset.skip`.
 """
 from __future__ import annotations

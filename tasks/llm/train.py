@@ -1,9 +1,11 @@
 """Pre-train the LLaMA model on the configured data with any registered optimizer.
 
-The loop is the paper's (SPAM.md §1.7): gradient accumulation up to the batch size, linear LR
-warmup from 0 then cosine to `min_lr_ratio` x peak, optional global-norm clipping (off in the
-paper), validation perplexity at a fixed token budget. It checkpoints everything that determines
-the future (model, optimizer, schedule, step, RNG states), so a resumed run is bit-identical.
+The loop is the paper's (docs/spam.md#llama-on-c4): gradient accumulation up
+to the batch size, linear LR warmup from 0 then cosine to `min_lr_ratio` x peak, validation
+perplexity at a fixed token budget. The run context supplies the optimizer, the clip rule and the
+instruments around each step, and checkpoints the suite's part (RNG states, telemetry); this module
+checkpoints the rest of what determines the future (model, optimizer, schedule, step), so a resumed
+run is bit-identical.
 """
 from __future__ import annotations
 
@@ -12,14 +14,12 @@ import time
 from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
 
-from spam_bench.suite.interrupt import deferred_interrupt
-from spam_bench.suite.seeding import rng_state, seed_everything, set_rng_state
-from spam_bench.suite.spikes import SpikeInstruments
-from spam_bench.suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
+from spam_bench.suite.seeding import seed_everything
 from spam_bench.tasks.llm.config import LLMConfig
-from spam_bench.tasks.llm.model import Llama, LlamaShape, count_parameters
+from spam_bench.tasks.llm.model import Llama, LlamaShape
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -54,42 +54,34 @@ def evaluate(model: Llama, data: Any, device: torch.device) -> float:
 class Trainer:
     """One run of the llm task; `build_model` is swappable so llm4bit can quantize the linears."""
 
-    def __init__(self, run: Any, recorder: Any, data: Any,
-                 build_model: Callable[[LlamaShape], torch.nn.Module] = Llama):
-        self.run, self.recorder, self.data = run, recorder, data
-        self.config: LLMConfig = run.config
-        self.device = torch.device(run.spec.device)
+    def __init__(self, ctx: RunContext, data: Any, build_model: Callable[[LlamaShape], torch.nn.Module] = Llama):
+        self.ctx, self.data = ctx, data
+        self.config: LLMConfig = ctx.config
+        self.device = ctx.device
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        seed_everything(run.spec.seed)
+        seed_everything(ctx.seed)
         self.model = build_model(model_shape(self.config, data.vocab_size)).to(self.device, DTYPES[self.config.dtype])
-        info = self.model.model_info()
-        self.optimizer = run.make_optimizer(self.model, info, lr=self.config.lr)
-        self.spikes = SpikeInstruments(self.model, info, self.config, seed=run.spec.seed)
-        self.spikes.watch(self.optimizer)
+        self.optimizer = ctx.build_optimizer(self.model, self.model.model_info(), lr=self.config.lr)
         c = self.config
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
-        self.grad_clip = c.grad_clip if c.grad_clip is not None else run.optimizer.grad_clip
         self.step = 0
         self.val_loss = float("nan")
         self.diverged_step: int | None = None
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step, "val_loss": self.val_loss,
-                "spikes": self.spikes.state_dict(), "rng": rng_state()}
+                "scheduler": self.scheduler.state_dict(), "step": self.step, "val_loss": self.val_loss}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.val_loss = state["step"], state["val_loss"]
-        self.spikes.load_state_dict(state["spikes"])
-        set_rng_state(state["rng"])
 
-    def train_step(self) -> tuple[float, dict[str, float]]:
-        """One update (with accumulation); returns (loss, metrics to log for this step)."""
+    def train_step(self) -> float:
+        """One update (with accumulation); returns the mean loss."""
         c = self.config
         x, y = self.data.train_batch(self.step)
         n_micro = c.batch_size // c.micro_batch
@@ -100,67 +92,52 @@ class Trainer:
             loss = self.model.loss(xs, ys) / n_micro
             loss.backward()
             loss_sum += float(loss.detach())
-        # Injection comes before clipping, so "Adam + GradClip" gets the chance to clip the spike.
-        metrics, injected = self.spikes.before_step(self.step + 1)
-        norm = float(grad_global_norm(self.model.parameters()))
-        if self.grad_clip is not None and math.isfinite(norm):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.ctx.instruments.before_step()
         if math.isfinite(loss_sum):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        metrics.update(self.spikes.take_optimizer_metrics())
-        metrics.update(self.spikes.after_step(self.step + 1, loss_sum, injected))
-        return loss_sum, {"grad_norm": norm, **metrics}
+        self.ctx.instruments.after_step(loss_sum)
+        return loss_sum
 
-    def fit(self) -> dict[str, Any]:
-        c, rec = self.config, self.recorder
-        state = rec.load_checkpoint()
+    def fit(self) -> TaskResult:
+        c, ctx = self.config, self.ctx
+        state = ctx.load_checkpoint()
         if state is not None:
             self.restore(state)
         tokens_per_step = c.batch_size * c.seq_len
         start_step, t0 = self.step, time.perf_counter()
-        bar = tqdm(total=c.steps, initial=self.step, desc=f"llm {self.run.spec.optimizer}", unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
-        with deferred_interrupt() as stop:
+        bar = ctx.progress(c.steps, self.step)
+        try:
             while self.step < c.steps:
                 lr = self.scheduler.get_last_lr()[0]
-                loss, metrics = self.train_step()
+                loss = self.train_step()
                 self.step += 1
-                rec.log(self.step, "train", {"loss": loss, "lr": lr, **metrics})
+                ctx.log(self.step, "train", {"loss": loss, "lr": lr})
                 if not math.isfinite(loss):
                     self.diverged_step = self.step
                     break
                 if self.step % c.eval_every == 0 or self.step == c.steps:
                     self.val_loss = evaluate(self.model, self.data, self.device)
-                    rec.log(self.step, "val", {"loss": self.val_loss, "ppl": _ppl(self.val_loss)})
+                    ctx.log(self.step, "val", {"loss": self.val_loss, "ppl": _ppl(self.val_loss)})
                     if not math.isfinite(self.val_loss):
                         self.diverged_step = self.step
                         break
                 tok_s = (self.step - start_step) * tokens_per_step / (time.perf_counter() - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", val_ppl=f"{_ppl(self.val_loss):.2f}", refresh=False)
-                if stop.requested or self.step % c.checkpoint_every == 0:
-                    rec.save_checkpoint(self.state())
-                if stop.requested:
-                    bar.close()
+                if ctx.stop_requested or self.step % c.checkpoint_every == 0:
+                    ctx.save_checkpoint(self.state(), self.step)
+                if ctx.stop_requested:
                     raise KeyboardInterrupt
-        bar.close()
+        finally:
+            bar.close()
         elapsed = time.perf_counter() - t0
-        return {
-            "status": "diverged" if self.diverged_step is not None else "complete",
-            "diverged_step": self.diverged_step,
-            "value": None if self.diverged_step is not None else _ppl(self.val_loss),
-            "val_loss": self.val_loss,
-            "steps": self.step,
-            "tokens": self.step * tokens_per_step,
-            "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None,
-            "n_params": count_parameters(self.model),
-            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
-            "peak_memory_bytes": peak_memory_bytes(self.device),
-            "grad_clip": self.grad_clip,
-            **self.spikes.finish(rec.dir),
-        }
+        return TaskResult(
+            value=None if self.diverged_step is not None else _ppl(self.val_loss),
+            steps=self.step, diverged_step=self.diverged_step,
+            metrics={"val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
+                     "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None})
 
 
 def _ppl(loss: float) -> float:

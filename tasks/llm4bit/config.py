@@ -26,7 +26,7 @@ FORMAT_DEFAULTS = {
 
 @dataclass
 class LLM4bitConfig(LLMConfig):
-    # --- quantization (SPAM.md §2 "QAT / 4-bit"; tasks/llm4bit/quant.py says what we follow) ---
+    # --- quantization (docs/spam.md#4-bit-qat; tasks/llm4bit/quant.py says what we follow) ---
     format: str = param("w4a4", "w4a4 / w8a8: INT weights and activations (the paper's QAT curves); "
                         "fp4: E1M2 minifloat weights and activations (Stable-SPAM's FP4).",
                         choices=tuple(BITS))

@@ -7,8 +7,8 @@ entries of the last dimension; a last dimension that is not a multiple of the gr
 values that cannot change the group's statistics) and the padding is dropped again.
 
 What we follow: the SPAM paper did not release its quantizer; its authors' follow-up (Stable-SPAM,
-SPAM.md §2) has `utils/act_weight_quantization.py`, `utils/dummy_quant.py` and
-`utils/act_weight_fp4.py`, which we re-implement in our own words:
+arXiv 2502.17055; docs/spam.md#4-bit-qat) has `utils/act_weight_quantization.py`, `utils/dummy_quant.py`
+and `utils/act_weight_fp4.py`, which we re-implement in our own words:
 - weights (int): asymmetric min-max per group, integer zero point, round to nearest
   (`int_asymmetric`). Deviation: the official code clamps the zero point into [0, 2^b-1], which
   only matters for a group that does not contain 0 (then values get clipped); we leave it

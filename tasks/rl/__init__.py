@@ -1,4 +1,4 @@
-"""`rl`: PPO on MuJoCo with the optimizer swapped (SPAM.md §2, §3.4).
+"""`rl`: PPO on MuJoCo with the optimizer swapped (docs/spam.md#ppo-on-mujoco).
 
 stable-baselines3's PPO with rl-zoo's tuned recipe per environment (HalfCheetah-v5 by default,
 Hopper-v5, Ant-v5); only the optimizer changes between runs. Primary metric: mean return of the
@@ -7,17 +7,22 @@ final deterministic evaluation (higher is better). Scales: `tiny` (CPU minutes) 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from spam_bench.tasks.base import TaskBase
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
+from spam_bench.suite.task_base import TaskBase
 from spam_bench.tasks.rl.config import RLConfig
 
 
 class RLTask(TaskBase):
-    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+    def budget(self, config: RLConfig) -> int:
+        """Environment steps: the unit rl's evaluations are logged at."""
+        return config.total_timesteps
+
+    def run(self, ctx: RunContext) -> TaskResult:
         from spam_bench.tasks.rl.train import Trainer  # SB3 and MuJoCo load only when an rl run starts
 
-        return Trainer(run, recorder).fit()
+        return Trainer(ctx).fit()
 
 
 TASK = RLTask(
@@ -27,4 +32,5 @@ TASK = RLTask(
     primary_metric="eval_return",
     direction="max",
     config_dir=Path(__file__).parent / "configs",
+    libraries=("stable-baselines3", "gymnasium", "mujoco"),
 )

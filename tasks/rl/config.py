@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spike_config import RunFields
 from spam_bench.suite.config import param
 from spam_bench.suite.errors import ConfigError
 from spam_bench.tasks.rl.zoo import ENV_IDS, PPO_HYPERPARAMS
@@ -18,7 +18,7 @@ ZOO = "zoo"  # "take rl-zoo's value for `env`"; replaced by a number before anyo
 
 
 @dataclass
-class RLConfig(SpikeFields):
+class RLConfig(RunFields):
     # --- environment and budget ---
     env: str = param("HalfCheetah-v5", "gymnasium MuJoCo environment.", choices=ENV_IDS)
     total_timesteps: int = param(1_000_000, "Training budget in environment steps (rounded up to whole rollouts).",
@@ -41,8 +41,9 @@ class RLConfig(SpikeFields):
     clip_range: float = param(ZOO, "PPO ratio clip.", gt=0.0)
     ent_coef: float = param(ZOO, "Entropy bonus coefficient.", ge=0.0)
     vf_coef: float = param(ZOO, "Value-loss coefficient.", ge=0.0)
-    max_grad_norm: float | None = param(ZOO, "Global-norm gradient clipping before every optimizer step; "
-                                        "none turns it off (the ablation that leaves clipping to SPAM).", gt=0.0)
+    grad_clip: float | None = param(ZOO, "The recipe's global-norm gradient clip (PPO's max_grad_norm); none turns "
+                                    "it off (the ablation that leaves clipping to SPAM). The suite's one clip rule "
+                                    "applies it with the optimizer's own clip, if any: the tighter wins.", gt=0.0)
     normalize: bool = param(ZOO, "VecNormalize observations and rewards (the zoo does for all three envs).")
     log_std_init: float = param(ZOO, "Initial log standard deviation of the Gaussian policy.")
     ortho_init: bool = param(ZOO, "Orthogonal initialisation of the networks.")
@@ -50,7 +51,8 @@ class RLConfig(SpikeFields):
     hidden_sizes: tuple[int, ...] = param(ZOO, "Hidden widths of the separate policy and value MLPs.")
 
     def __post_init__(self) -> None:
-        recipe = PPO_HYPERPARAMS.get(self.env, {})
+        recipe = dict(PPO_HYPERPARAMS.get(self.env, {}))
+        recipe["grad_clip"] = recipe.pop("max_grad_norm", None)  # the zoo's name for the recipe's clip
         for f in dataclasses.fields(self):
             if f.name in recipe and isinstance(getattr(self, f.name), str) and getattr(self, f.name) == ZOO:
                 setattr(self, f.name, recipe[f.name])

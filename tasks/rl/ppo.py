@@ -1,6 +1,6 @@
 """stable-baselines3's PPO, unchanged except where the benchmark needs the optimizer to be the suite's.
 
-SB3 keeps its training loop (DESIGN.md: library-driven tasks use the library's own hook). After the
+SB3 keeps its training loop (library-driven tasks call the suite from the library's own hooks: docs/architecture.md). After the
 model is built, `BenchPPO.use_optimizer` replaces `policy.optimizer` with the factory's optimizer, so
 optimizers that need the model (GaLore, Adam-mini) get it. Three behaviours change:
 
@@ -8,9 +8,9 @@ optimizers that need the model (GaLore, Adam-mini) get it. Three behaviours chan
   (`update_learning_rate`), which would flatten per-group scales (GaLore's, Adam-mini's blocks, a
   smaller lr for some role). Here each group keeps the ratio to the base lr it had when the factory
   built it: group lr = schedule(progress) x that ratio.
-- Gradient clipping: the same global-norm clip PPO does (`max_grad_norm`, torch's clip_grad_norm_ over
-  all policy parameters right before step()), moved into a step pre-hook so the norm before clipping
-  is measured (spike telemetry); SB3's own clip is set to infinity, which is exactly a no-op.
+- Gradient clipping: PPO's `max_grad_norm` is the task recipe's `grad_clip`, applied by the suite's
+  one clip rule in the run's step pre-hook (after spike injection and telemetry, like every task);
+  SB3's own clip is set to infinity, which is exactly a no-op.
 - Divergence: non-finite parameters or loss, or a policy whose outputs torch.distributions rejects
   (NaN means from huge but finite weights), end training instead of crashing it.
 """
@@ -23,7 +23,6 @@ import torch
 from stable_baselines3 import PPO
 
 from spam_bench.suite.model_info import ModelInfo
-from spam_bench.suite.telemetry import grad_global_norm
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 # SB3's Gaussian policy heads: the action mean and the value; `log_std` is a free vector.
@@ -49,51 +48,24 @@ def is_diverged_policy_error(err: ValueError) -> bool:
     return "found invalid values" in str(err)
 
 
-class GradStats:
-    """Global gradient norms (before clipping) seen by the optimizer since the last `take()`."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-        self.clipped = 0
-        self.optimizer_steps = 0
-
-    def take(self) -> dict[str, float]:
-        finite = [n for n in self.norms if math.isfinite(n)]
-        out = {"grad_norm_mean": sum(finite) / len(finite) if finite else float("nan"),
-               "grad_norm_max": max(finite) if finite else float("nan"),
-               "clipped_fraction": self.clipped / len(self.norms) if self.norms else 0.0}
-        self.norms, self.clipped = [], 0
-        return out
+def update_grad_stats(norms: list[float], clip: float | None) -> dict[str, float]:
+    """Global gradient norms (before clipping) of one PPO update's optimizer steps, summarised."""
+    finite = [n for n in norms if math.isfinite(n)]
+    clipped = sum(n > clip for n in finite) if clip is not None else 0
+    return {"grad_norm_mean": sum(finite) / len(finite) if finite else float("nan"),
+            "grad_norm_max": max(finite) if finite else float("nan"),
+            "clipped_fraction": clipped / len(norms) if norms else 0.0}
 
 
 class BenchPPO(PPO):
     lr_scales: list[float]
-    clip_norm: float | None = None
     diverged: bool = False
 
-    def use_optimizer(self, optimizer: torch.optim.Optimizer, base_lr: float, clip_norm: float | None) -> GradStats:
-        """Make `optimizer` the one PPO steps, with per-group lr ratios kept and clipping in a pre-hook."""
+    def use_optimizer(self, optimizer: torch.optim.Optimizer, base_lr: float) -> None:
+        """Make `optimizer` the one PPO steps, keeping each param group's lr ratio to the base lr."""
         self.policy.optimizer = optimizer
         self.lr_scales = [group["lr"] / base_lr for group in optimizer.param_groups]
-        self.clip_norm = clip_norm
         self.max_grad_norm = math.inf  # SB3 always calls clip_grad_norm_; with inf it changes nothing
-        stats = GradStats()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-
-        def clip_and_measure(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            if self.clip_norm is None:
-                norm = float(grad_global_norm(params))
-            else:
-                norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_norm))
-                stats.clipped += norm > self.clip_norm
-            stats.norms.append(norm)
-
-        def count(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            stats.optimizer_steps += 1
-
-        optimizer.register_step_pre_hook(clip_and_measure)
-        optimizer.register_step_post_hook(count)
-        return stats
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         lr = self.lr_schedule(self._current_progress_remaining)

@@ -16,16 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from tqdm import tqdm
 
-from spam_bench.suite.interrupt import StopRequest, deferred_interrupt
-from spam_bench.suite.seeding import rng_state, seed_everything, set_rng_state
-from spam_bench.suite.spikes import SpikeInstruments, attach_to_optimizer
-from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
+from spam_bench.suite.seeding import seed_everything
 from spam_bench.tasks.rl.config import RLConfig
 from spam_bench.tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
 from spam_bench.tasks.rl.evaluate import curve_auc, evaluate
-from spam_bench.tasks.rl.ppo import ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info
+from spam_bench.tasks.rl.ppo import (ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info,
+                                     update_grad_stats)
 
 # What PPO carries from one rollout to the next (the rollout buffer is refilled from scratch).
 _PPO_STATE = ("num_timesteps", "_n_updates", "_episode_num", "_last_obs", "_last_episode_starts",
@@ -41,12 +40,6 @@ _RECENT_EPISODES = 10
 
 def _crossed(prev: int, now: int, every: int) -> bool:
     return now // every > prev // every
-
-
-def _clip_norm(*values: float | None) -> float | None:
-    """The task's max_grad_norm and the optimizer's own grad_clip both apply: the tighter one wins."""
-    set_values = [v for v in values if v is not None]
-    return min(set_values) if set_values else None
 
 
 class _Boundaries(BaseCallback):
@@ -67,10 +60,10 @@ class _Boundaries(BaseCallback):
 class Trainer:
     """One run of the rl task."""
 
-    def __init__(self, run: Any, recorder: Any):
-        self.run, self.recorder = run, recorder
-        c: RLConfig = run.config
-        self.config, self.seed = c, run.spec.seed
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        c: RLConfig = ctx.config
+        self.config, self.seed = c, ctx.seed
         torch.set_num_threads(1)  # faster for these MLPs, and lets trials share a machine
         seed_everything(self.seed)
         self.env = make_train_env(c, self.seed)
@@ -81,34 +74,28 @@ class Trainer:
             ent_coef=c.ent_coef, vf_coef=c.vf_coef, max_grad_norm=math.inf,
             policy_kwargs=dict(log_std_init=c.log_std_init, ortho_init=c.ortho_init,
                                activation_fn=ACTIVATIONS[c.activation], net_arch=dict(pi=hidden, vf=hidden)),
-            seed=self.seed, device=run.spec.device, verbose=0)
-        info = policy_model_info(self.model.policy)
-        self.optimizer = run.make_optimizer(self.model.policy, info, lr=c.lr)
-        # Before use_optimizer's clipping hook, so injected spikes meet the clip as real ones would.
-        self.spikes = SpikeInstruments(self.model.policy, info, c, seed=self.seed)
-        self.spike_steps = attach_to_optimizer(self.optimizer, self.spikes, recorder.log)
-        self.clip_norm = _clip_norm(c.max_grad_norm, run.optimizer.grad_clip)
-        self.grad_stats = self.model.use_optimizer(self.optimizer, c.lr, self.clip_norm)
+            seed=self.seed, device=ctx.spec.device, verbose=0)
+        # SB3 calls optimizer.step() itself: the run's instruments and clip rule go in as step hooks.
+        self.optimizer = ctx.build_optimizer(self.model.policy, policy_model_info(self.model.policy), lr=c.lr,
+                                             step_hooks=True)
+        self.model.use_optimizer(self.optimizer, c.lr)
         self.eval_env = make_eval_env(c)
         self.evals: list[tuple[int, float]] = []  # (env steps, mean return)
         self.last_eval_returns: list[float] = []
         self.recent_returns: list[float] = []
         self.train_episodes = 0
         self.boundary_step = -1  # env steps at the last boundary handled (logged, evaluated, saved)
-        self.stop = StopRequest()
-        self.bar: tqdm | None = None
+        self.bar: Any = None
 
     # --- checkpoint ---
     def state(self) -> dict[str, Any]:
         m = self.model
         return {"policy": m.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
-                "env": env_state(self.env), "rng": rng_state(),
-                "spikes": self.spikes.state_dict(), "spike_steps": dict(self.spike_steps),
+                "env": env_state(self.env),
                 "trainer": {"evals": self.evals, "last_eval_returns": self.last_eval_returns,
                             "recent_returns": self.recent_returns, "train_episodes": self.train_episodes,
-                            "boundary_step": self.boundary_step,
-                            "optimizer_steps": self.grad_stats.optimizer_steps}}
+                            "boundary_step": self.boundary_step}}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.policy.load_state_dict(state["policy"])
@@ -116,19 +103,16 @@ class Trainer:
         for k, v in state["ppo"].items():
             setattr(self.model, k, v)
         restore_env_state(self.env, state["env"])
-        self.spikes.load_state_dict(state["spikes"])
-        self.spike_steps.update(state["spike_steps"])
         t = state["trainer"]
         self.evals, self.last_eval_returns = t["evals"], t["last_eval_returns"]
         self.recent_returns, self.train_episodes = t["recent_returns"], t["train_episodes"]
-        self.boundary_step, self.grad_stats.optimizer_steps = t["boundary_step"], t["optimizer_steps"]
-        set_rng_state(state["rng"])
+        self.boundary_step = t["boundary_step"]
 
     # --- events ---
     def on_episode(self, step: int, episode: dict[str, Any]) -> None:
         self.train_episodes += 1
         self.recent_returns = (self.recent_returns + [float(episode["r"])])[-_RECENT_EPISODES:]
-        self.recorder.log(step, "train", {"episode_return": float(episode["r"]), "episode_length": float(episode["l"])})
+        self.ctx.log(step, "train", {"episode_return": float(episode["r"]), "episode_length": float(episode["l"])})
 
     def boundary(self, *, final: bool) -> None:
         """After an update (or at the start/end): log it, evaluate and checkpoint when due."""
@@ -136,10 +120,13 @@ class Trainer:
         if step == prev:
             return  # a resumed run starts exactly where its checkpoint was taken
         self.boundary_step = step
-        if self.grad_stats.norms:  # an update happened since the last boundary
+        norms = self.ctx.instruments.take_grad_norms()
+        if norms:  # an update happened since the last boundary
             logged = self.model.logger.name_to_value
             update = {name: logged[key] for key, name in _UPDATE_METRICS.items() if key in logged}
-            self.recorder.log(step, "train", update | self.grad_stats.take())
+            self.ctx.log(step, "train", update | update_grad_stats(norms, self.ctx.run.clip.effective))
+            if "train/loss" in logged:
+                self.ctx.instruments.observe_loss(float(logged["train/loss"]))
         if self.model.diverged:
             return
         if final or _crossed(prev, step, c.eval_every):
@@ -153,56 +140,48 @@ class Trainer:
                 return
             mean = float(np.mean(self.last_eval_returns))
             self.evals.append((step, mean))
-            self.recorder.log(step, "eval", {"return": mean, "return_std": float(np.std(self.last_eval_returns))})
-        if final or self.stop.requested or (step > 0 and _crossed(prev, step, c.checkpoint_every)):
-            self.recorder.save_checkpoint(self.state())
+            self.ctx.log(step, "eval", {"return": mean, "return_std": float(np.std(self.last_eval_returns))})
+        if final or self.ctx.stop_requested or (step > 0 and _crossed(prev, step, c.checkpoint_every)):
+            self.ctx.save_checkpoint(self.state(), step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(eval_return=f"{self.evals[-1][1]:.1f}" if self.evals else "n/a", refresh=False)
-        if self.stop.requested and not final:
+        if self.ctx.stop_requested and not final:
             raise KeyboardInterrupt
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TaskResult:
         c = self.config
-        state = self.recorder.load_checkpoint()
+        state = self.ctx.load_checkpoint()
         if state is not None:
             self.restore(state)
         start_step, t0 = self.model.num_timesteps, time.perf_counter()
-        self.bar = tqdm(total=c.total_timesteps, initial=start_step, desc=f"rl {c.env} {self.run.spec.optimizer}",
-                        unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.bar = self.ctx.progress(c.total_timesteps, start_step)
         try:
-            with deferred_interrupt() as self.stop:
-                remaining = c.total_timesteps - self.model.num_timesteps
-                if remaining > 0:
-                    # reset_num_timesteps=False: count on from a restored checkpoint (a fresh model is at 0)
-                    self.model.learn(remaining, callback=_Boundaries(self), reset_num_timesteps=False)
-                self.boundary(final=True)
+            remaining = c.total_timesteps - self.model.num_timesteps
+            if remaining > 0:
+                # reset_num_timesteps=False: count on from a restored checkpoint (a fresh model is at 0)
+                self.model.learn(remaining, callback=_Boundaries(self), reset_num_timesteps=False)
+            self.boundary(final=True)
         finally:
             self.bar.close()
         elapsed = time.perf_counter() - t0
         return self.summary((self.model.num_timesteps - start_step) / elapsed if elapsed > 0 else None)
 
-    def summary(self, steps_per_s: float | None) -> dict[str, Any]:
+    def summary(self, steps_per_s: float | None) -> TaskResult:
         diverged = self.model.diverged
         returns = self.last_eval_returns
-        return {
-            "status": "diverged" if diverged else "complete",
-            "diverged_step": self.model.num_timesteps if diverged else None,
-            "value": None if diverged else float(np.mean(returns)),
-            "eval_return_std": None if diverged else float(np.std(returns)),
-            "eval_returns": returns,
-            "eval_auc": None if diverged else curve_auc([s for s, _ in self.evals], [v for _, v in self.evals]),
-            "eval_curve": self.evals,
-            "train_episode_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-            "train_episodes": self.train_episodes,
-            "env": self.config.env,
-            "steps": self.model.num_timesteps,
-            "updates": self.model._n_updates,
-            "optimizer_steps": self.grad_stats.optimizer_steps,
-            "env_steps_per_s": steps_per_s,
-            "n_params": sum(p.numel() for p in self.model.policy.parameters()),
-            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
-            "peak_memory_bytes": peak_memory_bytes(torch.device(self.run.spec.device)),
-            "max_grad_norm": self.clip_norm,
-            **self.spikes.finish(self.recorder.dir),
-        }
+        return TaskResult(
+            value=None if diverged else float(np.mean(returns)),
+            steps=self.model.num_timesteps,
+            diverged_step=self.model.num_timesteps if diverged else None,
+            metrics={
+                "eval_return_std": None if diverged else float(np.std(returns)),
+                "eval_returns": returns,
+                "eval_auc": None if diverged else curve_auc([s for s, _ in self.evals], [v for _, v in self.evals]),
+                "eval_curve": self.evals,
+                "train_episode_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+                "train_episodes": self.train_episodes,
+                "env": self.config.env,
+                "updates": self.model._n_updates,
+                "env_steps_per_s": steps_per_s,
+            })

@@ -1,22 +1,23 @@
 """`spikes`: a seconds-long stochastic problem with heavy-tailed noise and injected 1000x gradient
-spikes (SPAM.md §7.B.1), for ablations of SPAM's mechanisms and sweeps of its reset interval and
+spikes (docs/spam.md#synthetic-spikes), for ablations of SPAM's mechanisms and sweeps of its reset interval and
 threshold. Primary metric: the final full objective (lower is better); the summary adds the
 robustness score (final objective with injection / without) and the mean steps to recover.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from spam_bench.tasks.base import TaskBase
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
+from spam_bench.suite.task_base import TaskBase
 from spam_bench.tasks.spikes.config import SpikesConfig
 
 
 class SpikesTask(TaskBase):
-    def run(self, run: Any, recorder: Any) -> dict[str, Any]:
+    def run(self, ctx: RunContext) -> TaskResult:
         from spam_bench.tasks.spikes.train import fit
 
-        return fit(run, recorder)
+        return fit(ctx)
 
 
 TASK = SpikesTask(

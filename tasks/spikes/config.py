@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spam_bench.suite.config import param
-from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spike_config import RunFields
 
 
 @dataclass
-class SpikesConfig(SpikeFields):
+class SpikesConfig(RunFields):
     problem: str = param("quadratic", "quadratic (ill-conditioned, heavy-tailed gradient noise) or logistic regression.",
                          choices=("quadratic", "logistic"))
     dim: int = param(100, "Parameter dimension.", ge=2)

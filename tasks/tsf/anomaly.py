@@ -1,4 +1,4 @@
-"""Anomaly injection as in the Stable-SPAM follow-up (SPAM.md §2): X <- X + N(0, S * max|X|) on a fraction A.
+"""Anomaly injection as in Stable-SPAM (docs/spam.md#time-series): X <- X + N(0, S * max|X|) on a fraction A.
 
 Applied once, before training, to the training part of each (standardised) series, with its own
 max |X|; seeded by the run's seed, so S = 0, 2 and 5 corrupt the same positions with the same

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spike_config import RunFields
 from spam_bench.suite.config import param
 from spam_bench.suite.errors import ConfigError
 
@@ -14,7 +14,7 @@ LOCAL_DATASETS = ("fertility", "co2", "weather")
 
 
 @dataclass
-class TSFConfig(SpikeFields):
+class TSFConfig(RunFields):
     # --- model (gluonts' PyTorch estimators; one univariate model shared by all series) ---
     model: str = param("patchtst", "gluonts estimator: patchtst (the follow-up paper's), deepar or simple_feedforward.",
                        choices=MODELS)
@@ -50,8 +50,6 @@ class TSFConfig(SpikeFields):
     shuffle_buffer: int | None = param(None, "Shuffle training windows through a buffer of this size (None = off).",
                                        ge=1)
     lr: float = param(1e-3, "Learning rate, constant for the whole run (gluonts' default schedule).", gt=0.0)
-    grad_clip: float | None = param(None, "Global-norm gradient clipping (None = off, or the optimizer's own policy "
-                                    "such as Adam + GradClip).", gt=0.0)
     # --- bookkeeping ---
     threads: int | None = param(None, "torch CPU threads (None = torch's default).", ge=1)
 

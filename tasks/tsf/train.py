@@ -6,9 +6,12 @@ a model selection that would differ between optimizers (we evaluate the final we
 epochs x batches budget); a resumed run must see the same batches as an uninterrupted one, so each
 epoch's data and dropout are seeded from (seed, epoch); and checkpoints belong in the run folder.
 
-Checkpoints are taken at every epoch end: Lightning's full checkpoint (weights, our optimizer's
-state_dict, loop counters) inside the recorder's checkpoint.pt. Ctrl-C is deferred to the end of
-the current epoch, which saves and stops; a second Ctrl-C reaches Lightning, which shuts down.
+Lightning keeps its loop; the run context's instruments and clip rule run from Lightning's hooks
+(`on_before_optimizer_step`, after the backward pass; `on_train_batch_end`, after the step), so
+Lightning's own clipping stays off. Checkpoints are taken at every epoch end: Lightning's full
+checkpoint (weights, our optimizer's state_dict, loop counters) as the task's part of the run's one
+checkpoint. Ctrl-C is deferred to the end of the current epoch, which saves and stops; a second
+Ctrl-C reaches Lightning, which shuts down.
 """
 from __future__ import annotations
 
@@ -26,11 +29,10 @@ import numpy as np
 import torch
 from gluonts.env import env
 
-from spam_bench.suite.interrupt import deferred_interrupt
+from spam_bench.suite.context import RunContext
+from spam_bench.suite.contract import TaskResult
 from spam_bench.suite.model_info import roles_by_rank
 from spam_bench.suite.seeding import seed_everything
-from spam_bench.suite.spikes import SpikeInstruments
-from spam_bench.suite.telemetry import grad_global_norm, optimizer_state_bytes, peak_memory_bytes
 from spam_bench.tasks.tsf.config import TSFConfig
 from spam_bench.tasks.tsf.data import TSFData
 from spam_bench.tasks.tsf.estimators import build_estimator
@@ -62,39 +64,41 @@ class EpochSeededLoader:
 
 
 class SuiteCallback(pl.Callback):
-    """Per-step metrics, per-epoch seeding of dropout, checkpoints, and the deferred Ctrl-C."""
+    """Per-epoch seeding of dropout, the run's instruments around each step, checkpoints, and Ctrl-C."""
 
-    def __init__(self, recorder: Any, seed: int, stop: Any, run_dir_tmp: Any, owner: "Trainer"):
-        self.recorder, self.seed, self.stop, self.tmp, self.owner = recorder, seed, stop, run_dir_tmp, owner
-        self.grad_norm = float("nan")
-        self.spike_metrics: dict[str, float] = {}
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.stepping = False  # a step's before_step ran and its after_step is due
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        torch.manual_seed(_epoch_seed(self.seed, trainer.current_epoch) ^ 0x5EED)
+        torch.manual_seed(_epoch_seed(self.ctx.seed, trainer.current_epoch) ^ 0x5EED)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer: Any) -> None:
-        # Spikes are injected and observed, and the norm measured, before Lightning clips, as in llm.
-        self.spike_metrics, _ = self.owner.spikes.before_step(trainer.global_step + 1)
-        self.grad_norm = float(grad_global_norm(module.parameters()))
+        self.ctx.instruments.before_step()
+        self.stepping = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if module.diverged_step is not None:
-            self.recorder.log(module.diverged_step, "train", {"loss": float("nan")})
+            self.ctx.log(module.diverged_step, "train", {"loss": float("nan")})
             return
+        loss = float(outputs["loss"])
+        if self.stepping:
+            self.ctx.instruments.after_step(loss)
+            self.stepping = False
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        self.recorder.log(trainer.global_step, "train",
-                          {"loss": float(outputs["loss"]), "lr": lr, "grad_norm": self.grad_norm, **self.spike_metrics})
+        self.ctx.log(trainer.global_step, "train", {"loss": loss, "lr": lr})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if module.diverged_step is not None:
             return
-        trainer.save_checkpoint(self.tmp)
-        lightning_state = torch.load(self.tmp, map_location="cpu", weights_only=False)
-        self.tmp.unlink()
-        self.recorder.save_checkpoint({"lightning": lightning_state, "epoch": trainer.current_epoch + 1,
-                                       "spikes": self.owner.spikes.state_dict()})
-        if self.stop.requested:
+        tmp = self.ctx.scratch / "epoch.ckpt"
+        trainer.save_checkpoint(tmp)
+        lightning_state = torch.load(tmp, map_location="cpu", weights_only=False)
+        tmp.unlink()
+        self.ctx.save_checkpoint({"lightning": lightning_state, "epoch": trainer.current_epoch + 1},
+                                 trainer.global_step)
+        if self.ctx.stop_requested:
             trainer.should_stop = True
 
 
@@ -108,28 +112,19 @@ def _accelerator(device: str) -> dict[str, Any]:
 class Trainer:
     """One run of the tsf task."""
 
-    def __init__(self, run: Any, recorder: Any, data: TSFData):
-        self.run, self.recorder, self.data = run, recorder, data
-        self.config: TSFConfig = run.config
+    def __init__(self, ctx: RunContext, data: TSFData):
+        self.ctx, self.data = ctx, data
+        self.config: TSFConfig = ctx.config
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        self.grad_clip = self.config.grad_clip if self.config.grad_clip is not None else run.optimizer.grad_clip
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.spikes: SpikeInstruments | None = None
-        self.spikes_state: dict[str, Any] | None = None  # from a checkpoint, loaded once the model exists
 
     def make_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        info = roles_by_rank(model)
-        self.optimizer = self.run.make_optimizer(model, info, lr=self.config.lr)
-        self.spikes = SpikeInstruments(model, info, self.config, seed=self.run.spec.seed)
-        if self.spikes_state is not None:
-            self.spikes.load_state_dict(self.spikes_state)
-        self.spikes.watch(self.optimizer)
-        return self.optimizer
+        """gluonts' `configure_optimizers`, answered by the run context."""
+        return self.ctx.build_optimizer(model, roles_by_rank(model), lr=self.config.lr)
 
-    def fit(self) -> dict[str, Any]:
-        c, rec, seed = self.config, self.recorder, self.run.spec.seed
-        state = rec.load_checkpoint()
+    def fit(self) -> TaskResult:
+        c, ctx, seed = self.config, self.ctx, self.ctx.seed
+        state = ctx.load_checkpoint()
         seed_everything(seed)  # model initialisation
         est = build_estimator(c, self.data.freq, self.make_optimizer)
         transformation = est.create_transformation()
@@ -137,31 +132,26 @@ class Trainer:
         train = transformation.apply(self.data.train, is_train=True)
         ckpt_path = None
         if state is not None:
-            self.spikes_state = state["spikes"]
-            ckpt_path = rec.dir / ".resume.ckpt"
+            ckpt_path = ctx.scratch / "resume.ckpt"
             torch.save(state["lightning"], ckpt_path)
 
-        with deferred_interrupt() as stop, _quiet(), _divergence_is_nan():
+        with _quiet(), _divergence_is_nan():
             trainer = pl.Trainer(
-                **_accelerator(self.run.spec.device), max_epochs=c.epochs,
-                gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm",
-                deterministic=True if self.run.spec.device == "cpu" else "warn",
+                **_accelerator(ctx.spec.device), max_epochs=c.epochs,
+                gradient_clip_val=None,  # the run's clip rule applies, in SuiteCallback
+                deterministic=True if ctx.spec.device == "cpu" else "warn",
                 logger=False, enable_checkpointing=False, enable_model_summary=False,
                 enable_progress_bar=sys.stderr.isatty(),
-                num_sanity_val_steps=0, default_root_dir=str(rec.dir),
-                callbacks=[SuiteCallback(rec, seed, stop, rec.dir / ".epoch.ckpt", self)])
+                num_sanity_val_steps=0, default_root_dir=str(ctx.scratch),
+                callbacks=[SuiteCallback(ctx)])
             loader = EpochSeededLoader(
                 lambda: est.create_training_data_loader(train, module, shuffle_buffer_length=c.shuffle_buffer),
                 seed, start_epoch=state["epoch"] if state is not None else 0)
             t0 = time.perf_counter()
-            try:
-                with env._let(max_idle_transforms=max(len(self.data.train), 100)):
-                    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-            finally:
-                if ckpt_path is not None:
-                    ckpt_path.unlink(missing_ok=True)
+            with env._let(max_idle_transforms=max(len(self.data.train), 100)):
+                trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
             train_s = time.perf_counter() - t0
-            if stop.requested:
+            if ctx.stop_requested:
                 raise KeyboardInterrupt
 
             diverged = module.diverged_step
@@ -170,31 +160,26 @@ class Trainer:
                 seed_everything(seed)  # DeepAR's sample paths
                 predictor = est.create_predictor(transformation, module)
                 metrics = evaluate(predictor, self.data.test)
-                rec.log(trainer.global_step, "test", metrics)
+                ctx.log(trainer.global_step, "test", metrics)
                 if not math.isfinite(metrics["mse"]):
                     diverged = trainer.global_step
-        return {
-            "status": "diverged" if diverged is not None else "complete",
-            "diverged_step": diverged,
-            "value": metrics["mse"] if diverged is None else None,
-            **{f"test_{k}": v for k, v in metrics.items()},
-            "steps": trainer.global_step,
-            "epochs": c.epochs,
-            "num_batches_per_epoch": c.num_batches_per_epoch,
-            "batch_size": c.batch_size,
-            "lr_schedule": "constant",
-            "grad_clip": self.grad_clip,
-            "early_stopping": False,
-            "model": c.model,
-            "n_params": sum(p.numel() for p in module.parameters()),
-            "n_series": self.data.n_series,
-            "n_series_dropped": self.data.n_dropped,
-            "n_test_windows": self.data.n_series * c.test_windows,
-            "train_s": train_s,
-            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer) if self.optimizer else 0,
-            "peak_memory_bytes": peak_memory_bytes(torch.device(self.run.spec.device)),
-            **(self.spikes.finish(rec.dir) if self.spikes else {}),
-        }
+        return TaskResult(
+            value=metrics["mse"] if diverged is None else None,
+            steps=trainer.global_step,
+            diverged_step=diverged,
+            metrics={
+                **{f"test_{k}": v for k, v in metrics.items()},
+                "epochs": c.epochs,
+                "num_batches_per_epoch": c.num_batches_per_epoch,
+                "batch_size": c.batch_size,
+                "lr_schedule": "constant",
+                "early_stopping": False,
+                "model": c.model,
+                "n_series": self.data.n_series,
+                "n_series_dropped": self.data.n_dropped,
+                "n_test_windows": self.data.n_series * c.test_windows,
+                "train_s": train_s,
+            })
 
 
 @contextmanager

@@ -6,7 +6,6 @@ value and what is allowed, exits with status 2, and writes nothing.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import sys
@@ -84,12 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--opt", help="only these optimizers (comma-separated)")
     rep.add_argument("--scale", help="only these scales (comma-separated)")
     rep.add_argument("--since", help="only runs finished since an ISO date/time (2025-06-01) or within an age (7d, 12h)")
+    rep.add_argument("--all-code", action="store_true",
+                     help="also runs made by other code versions (default: only the current code's runs)")
 
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
 
     perf = sub.add_parser("perf", help="optimizer step time and state memory on LLaMA-60M shapes", add_help=False)
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
+
+    check = sub.add_parser("check-optimizer", add_help=False,
+                           help="run the conformance kit on an optimizer (a registered name or module:attribute)")
+    check.add_argument("check_args", nargs=argparse.REMAINDER)
 
     fetch = sub.add_parser("fetch-data", help="download and verify a task's offline data")
     fetch.add_argument("--task", required=True)
@@ -187,7 +192,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     runs, drawn = plan_trials(task=args.task, optimizers=parse_list(args.opt, "opt"), trials=trials,
                               sets=parse_assignments(args.set), scale=args.scale, device=args.device)
     options = _ray_options(args, tuning_store(out), "tune-" + sweep_name(runs)[len("sweep-"):])
-    options.asha = (runs[0].task.primary_metric, runs[0].task.direction, runs[0].config.steps)
+    options.asha = (runs[0].task.primary_metric, runs[0].task.direction, runs[0].task.budget(runs[0].config))
     code = _print_trials(sweep(runs, options), options.name, tuning_store(out))
     for line, ok in save_best_trials(out, runs, drawn, trials):
         print(line)
@@ -199,7 +204,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from spam_bench.reports.build import write_leaderboard
 
     markdown, report_dir = write_leaderboard(out_root(args.out), task=args.task, opt=args.opt, scale=args.scale,
-                                             since=args.since)
+                                             since=args.since, all_code=args.all_code)
     print(markdown)
     print(f"written: {report_dir}/ (leaderboard.md, leaderboard.html, summary.md, results.parquet, *.png)")
     return 0
@@ -230,8 +235,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
-    # The benchmark knows optimizers by name, so it lives with them; the suite only dispatches.
-    return int(importlib.import_module("spam_bench.optimizers.perf").main(args.perf_args) or 0)
+    from spam_bench.optimizers import perf
+
+    return int(perf.main(args.perf_args) or 0)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from spam_bench.runners import conformance
+
+    return int(conformance.main(args.check_args))
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -240,13 +252,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf, "fetch-data": _cmd_fetch}
+COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf,
+            "check-optimizer": _cmd_check, "fetch-data": _cmd_fetch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["perf"]:  # argparse's REMAINDER drops leading options: hand them over untouched
         return _cmd_perf(argparse.Namespace(perf_args=argv[1:]))
+    if argv[:1] == ["check-optimizer"]:
+        return _cmd_check(argparse.Namespace(check_args=argv[1:]))
     args = _parser().parse_args(argv)
     if args.command in ("run", "sweep", "tune") and args.device == "cpu":
         # The tiny scale never needs the hub; fail in a second instead of retrying for half a minute.

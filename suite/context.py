@@ -1,0 +1,135 @@
+"""`RunContext`: what the suite hands a task's `run`, and everything that must be equal across tasks.
+
+A task asks the context for its optimizer (built through the registry, with the run's instruments
+and the one clip rule around it), logs through it, checkpoints through it and reads its stop flag.
+The context owns:
+- the optimizer's construction (`build_optimizer`), after `resolve` has checked capabilities;
+- the instruments (suite/instruments.py), created with the optimizer;
+- checkpoints: one file holding the suite's part (instruments, RNG states) and the task's part,
+  written atomically by the recorder;
+- the run folder: tasks write nothing there themselves; a library that insists on writing files
+  (Lightning's checkpoint round trip) gets `scratch`, a private temporary folder;
+- what the summary says about the optimizer (state bytes) and the process (peak memory).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from spam_bench.suite.instruments import Instruments
+from spam_bench.suite.interrupt import StopRequest
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.resolve import ResolvedRun
+from spam_bench.suite.results import RunRecorder
+from spam_bench.suite.seeding import rng_state, set_rng_state
+from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
+
+
+class RunContext:
+    def __init__(self, run: ResolvedRun, recorder: RunRecorder | None, stop: StopRequest, config: Any = None):
+        self.run, self.recorder, self._stop = run, recorder, stop
+        self.spec, self.config = run.spec, config if config is not None else run.config
+        self.seed: int = run.spec.seed
+        self.device = torch.device(run.spec.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.instruments: Instruments | None = None
+        self.n_params = 0
+        self._suite_state: dict[str, Any] | None = None  # from a checkpoint, until the instruments exist
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- the optimizer ---
+    def build_optimizer(self, model: torch.nn.Module, info: ModelInfo, *, lr: float,
+                        step_hooks: bool = False) -> torch.optim.Optimizer:
+        """The run's optimizer for `model`, with the instruments and the clip rule around its steps.
+
+        `step_hooks=True` is for libraries that call `optimizer.step()` themselves (SB3): the
+        instruments then run as step pre/post hooks. Otherwise the task calls
+        `ctx.instruments.before_step()` before and `after_step(loss)` after each step.
+        May raise `NotApplicable` (the factory found nothing to act on in this model).
+        """
+        if self.optimizer is not None:
+            raise RuntimeError("a run has one optimizer: build_optimizer was called twice")
+        self.optimizer = self.run.make_optimizer(model, info, lr=lr)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.instruments = Instruments(model, info, self.config, seed=self.seed, optimizer=self.optimizer,
+                                       clip=self.run.clip, log=self.log)
+        if self._suite_state is not None:
+            self.instruments.load_state_dict(self._suite_state["instruments"])
+        if step_hooks:
+            self.instruments.hook_into(self.optimizer)
+        return self.optimizer
+
+    def replica(self, config: Any) -> RunContext:
+        """A silent context for a second model trained within the same run (e.g. a clean twin without
+        spike injection): the same optimizer spec and clip rule, its own instruments configured by
+        `config`, and nothing logged, checkpointed or summarised."""
+        return RunContext(self.run, None, self._stop, config)
+
+    # --- files ---
+    def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        if self.recorder is not None:
+            self.recorder.log(step, split, metrics)
+
+    @property
+    def scratch(self) -> Path:
+        """A private temporary folder for files a library insists on writing; removed after the run."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="spambench-")
+        return Path(self._scratch.name)
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    # --- checkpoints ---
+    def save_checkpoint(self, task_state: dict[str, Any], step: int) -> None:
+        """One checkpoint: the suite's part (instruments, RNG) and the task's part, atomically.
+
+        `step` is the task's progress in the unit its evaluations are logged in (for schedulers)."""
+        if self.recorder is None:  # a replica keeps nothing
+            return
+        suite = {"instruments": self.instruments.state_dict() if self.instruments else None, "rng": rng_state()}
+        self.recorder.save_checkpoint({"suite": suite, "task": task_state}, step)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The task's part of the last checkpoint (None: start from scratch); restores the suite's part.
+
+        RNG states are restored here, so a task calls this after building its model and optimizer
+        (which consume random numbers) and before training, exactly where it saved.
+        """
+        state = self.recorder.load_checkpoint() if self.recorder is not None else None
+        if state is None:
+            return None
+        self._suite_state = state["suite"]
+        if self.instruments is not None and self._suite_state["instruments"] is not None:
+            self.instruments.load_state_dict(self._suite_state["instruments"])
+        set_rng_state(self._suite_state["rng"])
+        return state["task"]
+
+    # --- control ---
+    @property
+    def stop_requested(self) -> bool:
+        """Ctrl-C was pressed: checkpoint at the next boundary, then `raise KeyboardInterrupt`."""
+        return self._stop.requested
+
+    def progress(self, total: int, initial: int = 0, unit: str = "step") -> Any:
+        return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, mininterval=1.0,
+                    desc=f"{self.spec.task} {self.spec.optimizer}")
+
+    # --- for the summary ---
+    def measurements(self) -> dict[str, Any]:
+        """What the suite measures the same way on every task."""
+        out: dict[str, Any] = {
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer) if self.optimizer else 0,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "n_params": self.n_params,
+            **self.run.clip.record(),
+        }
+        if self.instruments is not None and self.recorder is not None:
+            out.update(self.instruments.summary(self.recorder.dir))
+        return out

@@ -1,0 +1,175 @@
+"""The run contract, checked on every registered task (a new task is covered without a new test).
+
+Each task runs at its `smoke` scale (seconds on a CPU), which every task must ship. For each one:
+the one clip rule is applied and recorded the same way, the instruments log and summarise the same
+keys, an impossible optimizer is refused before the disk, a run killed mid-way resumes to the same
+numbers as an uninterrupted one, and the code fingerprint covers the task's own files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spam_bench.runners.cli import main
+from spam_bench.suite import identity
+from spam_bench.suite.registry import TASKS
+from spam_bench.suite.results import read_json, read_metrics
+
+TASK_NAMES = TASKS.names()
+# The summary keys the suite's instruments add to every gradient-based run.
+INSTRUMENT_KEYS = {"optimizer_steps", "spike_events", "clip_applied_steps", "clipped_entries", "reset_steps",
+                   "spikes_injected", "gss_spikes", "spikes_unrecovered", "recovery_steps_mean"}
+CLIP_KEYS = {"grad_clip", "grad_clip_task", "grad_clip_optimizer", "grad_clip_rule"}
+
+
+def _run(out: Path, task: str, opt: str, *extra: str) -> int:
+    return main(["run", "--task", task, "--opt", opt, "--scale", "smoke", "--out", str(out), *extra])
+
+
+def _summary(out: Path, task: str) -> dict:
+    (path,) = out.glob(f"runs/{task}/*/summary.json")
+    return read_json(path)
+
+
+def _curve(run_dir: Path) -> list[tuple]:
+    return [(m["step"], m["split"], m["name"], m["value"]) for m in read_metrics(run_dir)]
+
+
+def _run_dir(out: Path, summary: dict) -> Path:
+    return out / "runs" / summary["task"] / summary["run_id"]
+
+
+@pytest.fixture(scope="module")
+def adam_clip_runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    out = tmp_path_factory.mktemp("contract")
+    summaries = {}
+    for task in TASK_NAMES:
+        assert _run(out, task, "adam_clip") == 0
+        summaries[task] = _summary(out, task)
+    return out, summaries
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_ships_a_smoke_scale(task):
+    assert "smoke" in TASKS.get(task).scales()
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
+    out, summaries = adam_clip_runs
+    s = summaries[task]
+    assert CLIP_KEYS <= set(s)
+    assert s["grad_clip_optimizer"] == 1.0  # adam_clip is Adam + a clip at 1.0 on every task
+    expected = min(v for v in (s["grad_clip_task"], 1.0) if v is not None)
+    assert s["grad_clip"] == expected
+    spec = read_json(_run_dir(out, s) / "spec.json")
+    assert spec["grad_clip"] == expected and spec["grad_clip_rule"] == s["grad_clip_rule"]
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
+    out, summaries = adam_clip_runs
+    s = summaries[task]
+    assert INSTRUMENT_KEYS <= set(s)
+    assert {"injected", "loss_spikes"} <= set(s["spike_events"])
+    assert s["optimizer_steps"] > 0 and s["optimizer_state_bytes"] > 0 and s["n_params"] > 0
+    assert s["clip_applied_steps"] <= s["optimizer_steps"]
+    optim = [m for m in read_metrics(_run_dir(out, s)) if m["split"] == "optim"]
+    assert len([m for m in optim if m["name"] == "grad_norm"]) == s["optimizer_steps"]
+    assert max(m["step"] for m in optim) == s["optimizer_steps"]  # one counter: the optimizer's steps
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_spam_reports_its_resets_through_the_suite(task, tmp_path):
+    assert _run(tmp_path, task, "spam", "--set", "opt.reset_interval=3", "--set", "opt.warmup_steps=1") == 0
+    s = _summary(tmp_path, task)
+    assert s["reset_steps"] and s["reset_steps"][0] == 3 and s["clipped_entries"] is not None
+    resets = [m["step"] for m in read_metrics(_run_dir(tmp_path, s)) if m["name"] == "optimizer_reset"]
+    assert resets == s["reset_steps"]
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_an_optimizer_that_needs_a_closure_is_refused_before_the_disk(task, tmp_path, capsys):
+    code = _run(tmp_path, task, "po:lbfgs")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "closure" in err[0] and "po:lbfgs" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_a_run_killed_mid_way_resumes_to_the_same_numbers(task, tmp_path):
+    straight = tmp_path / "straight"
+    assert _run(straight, task, "adamw") == 0
+    s = _summary(straight, task)
+    crash_at = max(1, int(s["steps"] * 0.6))
+    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", task, "--opt", "adamw",
+           "--scale", "smoke", "--out", str(tmp_path / "killed")]
+    env = {**os.environ, "SPAMBENCH_CRASH_ONCE": f"{crash_at}:{tmp_path / 'markers'}"}
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert crashed.returncode != 0 and "injected fault" in crashed.stderr
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0
+    r = _summary(tmp_path / "killed", task)
+    assert r["value"] == s["value"] and r["steps"] == s["steps"]
+    assert r["spike_events"] == s["spike_events"] and r["optimizer_steps"] == s["optimizer_steps"]
+    assert _curve(_run_dir(tmp_path / "killed", r)) == _curve(_run_dir(straight, s))
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_the_code_fingerprint_covers_every_file_of_the_task_package(task, monkeypatch):
+    module = TASKS.module_of(task)
+    files = identity.module_closure(module, identity._package_of(module))
+    package_dir = Path(sys.modules[module].__file__).parent
+    own = {p for p in package_dir.glob("*.py")}
+    assert own <= set(files.values()), f"not reached from {module}: {own - set(files.values())}"
+
+    identity.component_hash.cache_clear()
+    before = identity.component_hash(module)
+    edited = sorted(own)[-1]
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: real_read(self) + (b"# edit" if self == edited else b""))
+    identity.component_hash.cache_clear()
+    assert identity.component_hash(module) != before
+    identity.component_hash.cache_clear()
+
+
+def test_editing_an_optimizer_reruns_the_same_command_and_says_why(tmp_path, monkeypatch, capsys):
+    plugin = tmp_path / "plugin" / "probe_opt"
+    plugin.mkdir(parents=True)
+    source = ('import torch\nfrom dataclasses import dataclass\n'
+              'from spam_bench.suite.registry import OptimizerSpec\n\n'
+              '@dataclass\nclass Config:\n    pass\n\n'
+              'def make(model, model_info, *, lr):\n'
+              '    return torch.optim.SGD(model.parameters(), lr=lr)\n\n'
+              'SPEC = OptimizerSpec(name="probe_sgd", factory=make, config_cls=Config, description="probe")\n')
+    (plugin / "__init__.py").write_text(source)
+    monkeypatch.syspath_prepend(str(plugin.parent))
+    from spam_bench.suite.registry import OPTIMIZERS
+
+    for attr in ("_items", "_modules", "local"):  # the probe must not outlive this test
+        monkeypatch.setattr(OPTIMIZERS, attr, dict(getattr(OPTIMIZERS, attr)))
+    import probe_opt
+    OPTIMIZERS.register("probe_sgd", probe_opt.SPEC, module="probe_opt")
+    out = tmp_path / "out"
+    identity.component_hash.cache_clear()
+    assert _run(out, "spikes", "probe_sgd") == 0
+    first = _summary(out, "spikes")
+    assert _run(out, "spikes", "probe_sgd") == 0
+    assert "already complete" in capsys.readouterr().out  # same code: reused
+
+    (plugin / "__init__.py").write_text(source.replace("SGD(model.parameters(), lr=lr)",
+                                                       "SGD(model.parameters(), lr=lr, momentum=0.5)"))
+    identity.component_hash.cache_clear()
+    assert _run(out, "spikes", "probe_sgd") == 0
+    captured = capsys.readouterr()
+    assert "re-running" in captured.err and "the optimizer's code changed" in captured.err
+    second = _summary(out, "spikes")
+    assert second["code"]["optimizer"] != first["code"]["optimizer"]
+    (kept,) = (out / "superseded" / "spikes").iterdir()
+    assert json.loads((kept / "summary.json").read_text())["code"]["id"] == first["code"]["id"]
+    identity.component_hash.cache_clear()
