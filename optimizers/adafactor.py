@@ -8,6 +8,7 @@ whose RMS is at most 1 (all of LLaMA's at init), which is what the paper's runs 
 RMS 0.02 fifty times less, so the task lr must be raised to match.
 torch also caps the step at 1/sqrt(t), which binds only after 1/lr² steps (10^6 at lr 1e-3).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,12 +31,29 @@ class AdafactorConfig:
     foreach: bool = param(True, "torch's multi-tensor implementation.")
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta2_decay: float, eps1: float | None,
-         clip_threshold: float, weight_decay: float, scale_parameter: bool, foreach: bool) -> torch.optim.Optimizer:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta2_decay: float,
+    eps1: float | None,
+    clip_threshold: float,
+    weight_decay: float,
+    scale_parameter: bool,
+    foreach: bool,
+) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     eps2 = 1e-3 if scale_parameter else 1.0
-    return torch.optim.Adafactor(params, lr=lr, beta2_decay=beta2_decay, eps=(eps1, eps2), d=clip_threshold,
-                                 weight_decay=weight_decay, foreach=foreach)
+    return torch.optim.Adafactor(
+        params,
+        lr=lr,
+        beta2_decay=beta2_decay,
+        eps=(eps1, eps2),
+        d=clip_threshold,
+        weight_decay=weight_decay,
+        foreach=foreach,
+    )
 
 
 SPEC = OptimizerSpec(

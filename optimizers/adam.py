@@ -5,6 +5,7 @@ gradient norm before `step()` and records the clip value with the run, so the cl
 the named optimizer rather than a task setting someone has to remember (docs/spam.md#published-results:
 the paper's value is probably 1.0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,15 +31,27 @@ class AdamConfig:
     beta1: float = param(0.9, "First-moment decay.", ge=0.0, lt=1.0)
     beta2: float = param(0.999, "Second-moment decay.", ge=0.0, lt=1.0)
     eps: float = param(1e-8, "Denominator epsilon (torch default).", gt=0.0)
-    weight_decay: float = param(0.0, "L2 penalty added to the gradient (coupled, unlike AdamW); 0 as in the paper.", ge=0.0)
+    weight_decay: float = param(
+        0.0, "L2 penalty added to the gradient (coupled, unlike AdamW); 0 as in the paper.", ge=0.0
+    )
     fused: bool = param(True, "Use torch's fused kernel when the parameters allow it.")
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float, beta2: float,
-         eps: float, weight_decay: float, fused: bool) -> torch.optim.Optimizer:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    fused: bool,
+) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                            **kernel_choice(params, fused))
+    return torch.optim.Adam(
+        params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, **kernel_choice(params, fused)
+    )
 
 
 SEARCH = {"lr": Dist(1e-4, 1e-2, log=True), "opt.beta2": Dist(0.95, 0.999)}

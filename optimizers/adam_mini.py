@@ -13,6 +13,7 @@ attn_* roles): the documented partition is by tensor rank, as `roles_by_rank` gi
 weights (role `mlp`) get one second moment per output neuron, 1-D tensors (role `bias`) full
 Adam. An attention model without `n_heads` is an error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,31 @@ from spam_bench.suite.registry import OptimizerSpec
 from spam_bench.suite.search_space import Dist
 
 # role -> the keyword Adam-mini's name sets match; 'norm'/'other' fall to its per-tensor branch.
-KEYWORD = {"embedding": "embd", "output": "output", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv",
-           "attn_o": "wo", "mlp": "mlp", "bias": "bias", "norm": "norm", "other": "blk"}
+KEYWORD = {
+    "embedding": "embd",
+    "output": "output",
+    "attn_q": "wq",
+    "attn_k": "wk",
+    "attn_v": "wv",
+    "attn_o": "wo",
+    "mlp": "mlp",
+    "bias": "bias",
+    "norm": "norm",
+    "other": "blk",
+}
 # Adam-mini's block kind for each keyword, for checks and the conformance kit.
-BLOCK = {"embd": "neuron", "output": "neuron", "wq": "head", "wk": "head", "wv": "neuron", "wo": "neuron",
-         "mlp": "neuron", "bias": "adam", "norm": "tensor", "blk": "tensor"}
+BLOCK = {
+    "embd": "neuron",
+    "output": "neuron",
+    "wq": "head",
+    "wk": "head",
+    "wv": "neuron",
+    "wo": "neuron",
+    "mlp": "neuron",
+    "bias": "adam",
+    "norm": "tensor",
+    "blk": "tensor",
+}
 
 
 class AdamMini(Adam_mini):
@@ -68,24 +89,37 @@ class AdamMiniConfig:
     weight_decay: float = param(0.0, "Decoupled weight decay (not on norms and biases, as the package does).", ge=0.0)
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
-         eps: float = 1e-8, weight_decay: float = 0.0) -> AdamMini:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> AdamMini:
     named = checked_roles(model, model_info, "adam_mini")
     deep = [n for n, p, _ in named if p.ndim > 2]
     if deep:
         # The package partitions matrices into per-neuron rows; a conv kernel (out, in, kh, kw) has no
         # partition it knows, and reshaping it fails inside the package's step.
-        raise NotApplicable(f"adam_mini partitions 2-D weights by heads and neurons; {len(deep)} weights here "
-                            f"have more dimensions (e.g. {deep[0]})")
+        raise NotApplicable(
+            f"adam_mini partitions 2-D weights by heads and neurons; {len(deep)} weights here "
+            f"have more dimensions (e.g. {deep[0]})"
+        )
     if is_attention_model(model_info):
         if model_info.n_heads is None or model_info.hidden_size is None:
-            raise ValueError("adam_mini: an attention model needs model_info.hidden_size and n_heads "
-                             "(Adam-mini keeps one second moment per query/key head)")
+            raise ValueError(
+                "adam_mini: an attention model needs model_info.hidden_size and n_heads "
+                "(Adam-mini keeps one second moment per query/key head)"
+            )
         dim, heads, kv = model_info.hidden_size, model_info.n_heads, model_info.n_kv_heads
     else:  # no q/k blocks: dim and heads are never used, the partition is by tensor rank
         dim, heads, kv = 1, 1, None
-    return AdamMini(named, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                    dim=dim, n_heads=heads, n_kv_heads=kv)
+    return AdamMini(
+        named, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, dim=dim, n_heads=heads, n_kv_heads=kv
+    )
 
 
 SPEC = OptimizerSpec(

@@ -3,6 +3,7 @@
 Uses the fused kernel where torch has one for the parameters' device and dtype (CPU and CUDA in
 torch 2.13), which is also what the `perf` benchmark compares SPAM's speed with.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,11 +25,21 @@ class AdamWConfig:
     fused: bool = param(True, "Use torch's fused kernel when the parameters allow it.")
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float, beta2: float,
-         eps: float, weight_decay: float, fused: bool) -> torch.optim.Optimizer:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    fused: bool,
+) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                             **kernel_choice(params, fused))
+    return torch.optim.AdamW(
+        params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, **kernel_choice(params, fused)
+    )
 
 
 SPEC = OptimizerSpec(

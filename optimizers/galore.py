@@ -19,12 +19,14 @@ we retry in float64, then keep the previous projector; at a parameter's first st
 previous one, so we use a seeded random orthonormal basis (QR of a Gaussian matrix). Each fallback
 is counted in `svd_fallbacks` and warned about once.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -71,9 +73,19 @@ def project_back(low: torch.Tensor, proj: torch.Tensor, shape: torch.Size) -> to
 class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW; 2-D params in groups with a `rank` key get their gradients projected (see module doc)."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, *, rank: int | None = None,
-                 update_proj_gap: int = 200, scale: float = 0.25, fallback_seed: int = 0):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        rank: int | None = None,
+        update_proj_gap: int = 200,
+        scale: float = 0.25,
+        fallback_seed: int = 0,
+    ):
         if not (lr >= 0 and eps >= 0 and weight_decay >= 0 and all(0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"GaLoreAdamW: invalid lr/betas/eps/weight_decay {lr}, {betas}, {eps}, {weight_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -90,8 +102,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
             group.setdefault("update_proj_gap", 200)
             group.setdefault("scale", 0.25)
             if not (isinstance(group["rank"], int) and group["rank"] >= 1 and group["update_proj_gap"] >= 1):
-                raise ValueError(f"GaLoreAdamW: rank and update_proj_gap must be integers >= 1, got "
-                                 f"{group['rank']!r}, {group['update_proj_gap']!r}")
+                raise ValueError(
+                    f"GaLoreAdamW: rank and update_proj_gap must be integers >= 1, got "
+                    f"{group['rank']!r}, {group['update_proj_gap']!r}"
+                )
 
     def _projector(self, grad: torch.Tensor, rank: int, previous: torch.Tensor | None) -> torch.Tensor:
         """The top-`rank` singular vectors of `grad` on its shorter side, in grad's dtype (official)."""
@@ -108,9 +122,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 continue
         self.svd_fallbacks += 1
         if self.svd_fallbacks == 1:
-            warnings.warn("GaLore: SVD of a gradient failed; keeping the previous projector "
-                          "(or a random orthonormal one at the first step). Counted in svd_fallbacks.",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                "GaLore: SVD of a gradient failed; keeping the previous projector "
+                "(or a random orthonormal one at the first step). Counted in svd_fallbacks.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if previous is not None:
             return previous
         gen = torch.Generator().manual_seed(self.fallback_seed + m * 7919 + n)
@@ -161,8 +178,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 @dataclass
 class GaLoreConfig:
-    rank: int | None = param(None, "Projection rank r; None = the paper's memory-matched rank for the model width "
-                                   "(128 at 60M, 256 at 130M/350M, 512 at 1B; hidden/4 otherwise).", ge=1)
+    rank: int | None = param(
+        None,
+        "Projection rank r; None = the paper's memory-matched rank for the model width "
+        "(128 at 60M, 256 at 130M/350M, 512 at 1B; hidden/4 otherwise).",
+        ge=1,
+    )
     update_proj_gap: int = param(200, "T: recompute the SVD projector every T steps of each weight (paper: 200).", ge=1)
     scale: float = param(0.25, "α: the low-rank update is multiplied by α (paper: 0.25).", gt=0.0)
     beta1: float = param(0.9, "First-moment decay.", ge=0.0, lt=1.0)
@@ -171,20 +192,33 @@ class GaLoreConfig:
     weight_decay: float = param(0.0, "Decoupled weight decay after the update; 0 in the paper's runs.", ge=0.0)
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, rank: int | None = None,
-         update_proj_gap: int = 200, scale: float = 0.25, beta1: float = 0.9, beta2: float = 0.999,
-         eps: float = 1e-6, weight_decay: float = 0.0) -> GaLoreAdamW:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    rank: int | None = None,
+    update_proj_gap: int = 200,
+    scale: float = 0.25,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+) -> GaLoreAdamW:
     """GaLore on the 2-D attention/MLP weights (by role); AdamW on everything else (embeddings, lm_head, norms)."""
     named = checked_roles(model, model_info, "galore")
     low = [p for _, p, r in named if r in MATRIX_ROLES and p.ndim == 2]
     dense = [p for _, p, r in named if not (r in MATRIX_ROLES and p.ndim == 2)]
     if not low:
-        raise NotApplicable("galore: the model has no 2-D attention/MLP weights (roles attn_*/mlp) to project; "
-                            "it would be plain AdamW")
+        raise NotApplicable(
+            "galore: the model has no 2-D attention/MLP weights (roles attn_*/mlp) to project; it would be plain AdamW"
+        )
     r = resolve_rank(rank, model_info, [tuple(p.shape) for p in low])
-    groups = [g for g in ({"params": dense},
-                          {"params": low, "rank": r, "update_proj_gap": update_proj_gap, "scale": scale})
-              if g["params"]]
+    groups = [
+        g
+        for g in ({"params": dense}, {"params": low, "rank": r, "update_proj_gap": update_proj_gap, "scale": scale})
+        if g["params"]
+    ]
     return GaLoreAdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 

@@ -6,13 +6,15 @@ so that load from other processes hits them alike. The warm-up (default 25 > cli
 timed steps inside SPAM's clip window, where nearly all of its steps are; it also absorbs the
 one-off build of SPAM's C kernel and, with `--kernels`, the torch.compile of the `compiled` rows.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -37,13 +39,22 @@ def llama_params(vocab: int, hidden: int, intermediate: int, layers: int) -> tup
     shapes["norm"] = ((hidden,), "norm")
     shapes["lm_head"] = ((vocab, hidden), "output")
     model = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(s) * 0.02) for k, (s, _) in shapes.items()})
-    return model, ModelInfo(roles={k: r for k, (_, r) in shapes.items()}, hidden_size=hidden,
-                            n_heads=max(1, hidden // 64), n_kv_heads=max(1, hidden // 64))
+    return model, ModelInfo(
+        roles={k: r for k, (_, r) in shapes.items()},
+        hidden_size=hidden,
+        n_heads=max(1, hidden // 64),
+        n_kv_heads=max(1, hidden // 64),
+    )
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() if isinstance(s, dict)
-               for v in s.values() if torch.is_tensor(v))
+    return sum(
+        v.numel() * v.element_size()
+        for s in opt.state.values()
+        if isinstance(s, dict)
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
 
 
 def masked_numel(opt: torch.optim.Optimizer) -> int:
@@ -73,8 +84,15 @@ def _telemetry_overhead(model: torch.nn.Module, info: Any, adamw_ms: float, step
     from spam_bench.suite.spike_config import SpikeFields
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # only its parameters matter here
-    instruments = Instruments(model, info, SpikeFields(), seed=0, optimizer=optimizer,
-                              clip=ClipRule(task=None, optimizer=None), log=lambda *_: None)
+    instruments = Instruments(
+        model,
+        info,
+        SpikeFields(),
+        seed=0,
+        optimizer=optimizer,
+        clip=ClipRule(task=None, optimizer=None),
+        log=lambda *_: None,
+    )
     times = []
     for _ in range(steps + 3):
         start = time.perf_counter()
@@ -82,8 +100,10 @@ def _telemetry_overhead(model: torch.nn.Module, info: Any, adamw_ms: float, step
         times.append(time.perf_counter() - start)
         instruments.after_step()
     ms = statistics.median(times[3:]) * 1e3
-    return (f"\nspike telemetry: {ms:.1f} ms/step = {100 * ms / adamw_ms:.0f}% of a fused AdamW step "
-            f"(the < 5% target is of a whole training step, forward and backward included)")
+    return (
+        f"\nspike telemetry: {ms:.1f} ms/step = {100 * ms / adamw_ms:.0f}% of a fused AdamW step "
+        f"(the < 5% target is of a whole training step, forward and backward included)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--no-third-party", action="store_true", help="skip pytorch_optimizer's SPAM (slow on CPU)")
     ap.add_argument("--no-zoo", action="store_true", help="skip the other registered optimizers")
-    ap.add_argument("--kernels", action="store_true",
-                    help="add SPAM's torch-ops kernels (eager, compiled: ~25 s compile) beside the default C kernel")
+    ap.add_argument(
+        "--kernels",
+        action="store_true",
+        help="add SPAM's torch-ops kernels (eager, compiled: ~25 s compile) beside the default C kernel",
+    )
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
@@ -115,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.kernels:
         for kernel in ("eager", "compiled"):
-            candidates += [(f"spam dense, {kernel}", lambda k=kernel: make_spam(model, info, lr=1e-3, kernel=k)),
-                           (f"spam density 0.25, {kernel}",
-                            lambda k=kernel: make_spam(model, info, lr=1e-3, density=0.25, kernel=k))]
+            candidates += [
+                (f"spam dense, {kernel}", lambda k=kernel: make_spam(model, info, lr=1e-3, kernel=k)),
+                (
+                    f"spam density 0.25, {kernel}",
+                    lambda k=kernel: make_spam(model, info, lr=1e-3, density=0.25, kernel=k),
+                ),
+            ]
     try:
         if args.no_third_party:
             raise ImportError
         import pytorch_optimizer as po
+
         candidates.append(("pytorch_optimizer SPAM", lambda: po.SPAM(params, lr=1e-3, warmup_epoch=150)))
     except ImportError:
         pass
@@ -131,30 +159,45 @@ def main(argv: list[str] | None = None) -> int:
 
         for name in OPTIMIZERS.names():
             if name not in ("adamw", "spam"):
-                candidates.append((name, lambda spec=OPTIMIZERS.get(name): spec.build(model, info, 1e-3, {})))
+                spec = OPTIMIZERS.get(name)
+                candidates.append((name, lambda spec=spec: spec.build(model, info, 1e-3, {})))
     opts = {name: build() for name, build in candidates}
     timings = time_round_robin(opts, args.steps, args.warmup)
     for name, opt in opts.items():
         total, masked = state_bytes(opt), masked_numel(opt)
-        row = {"optimizer": name, "ms_per_step": timings[name], "state_bytes": total,
-               "bytes_per_param": total / n_params}
+        row = {
+            "optimizer": name,
+            "ms_per_step": timings[name],
+            "state_bytes": total,
+            "bytes_per_param": total / n_params,
+        }
         if masked:
-            masked_bytes = sum(v.numel() * v.element_size() for g in opt.param_groups if "density" in g
-                               for p in g["params"] for v in opt.state[p].values() if torch.is_tensor(v))
+            masked_bytes = sum(
+                v.numel() * v.element_size()
+                for g in opt.param_groups
+                if "density" in g
+                for p in g["params"]
+                for v in opt.state[p].values()
+                if torch.is_tensor(v)
+            )
             row["bytes_per_masked_param"] = masked_bytes / masked
         rows.append(row)
 
     base = next(r for r in rows if r["optimizer"] == "torch AdamW fused")
-    print(f"{n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, median of {args.steps} steps "
-          f"after {args.warmup}\n")
+    print(
+        f"{n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, median of {args.steps} steps "
+        f"after {args.warmup}\n"
+    )
     print("| optimizer | ms/step | vs fused AdamW | state B/param | state vs fused AdamW |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         per = f"{r['bytes_per_param']:.2f}"
         if "bytes_per_masked_param" in r:
             per += f" ({r['bytes_per_masked_param']:.2f} per masked-group param)"
-        print(f"| {r['optimizer']} | {r['ms_per_step']:.1f} | {r['ms_per_step'] / base['ms_per_step']:.2f}x | "
-              f"{per} | {r['state_bytes'] / base['state_bytes']:.2f}x |")
+        print(
+            f"| {r['optimizer']} | {r['ms_per_step']:.1f} | {r['ms_per_step'] / base['ms_per_step']:.2f}x | "
+            f"{per} | {r['state_bytes'] / base['state_bytes']:.2f}x |"
+        )
     print(_telemetry_overhead(model, info, base["ms_per_step"], args.steps))
     if args.json:
         with open(args.json, "w") as fh:

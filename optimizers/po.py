@@ -13,6 +13,7 @@ does; the Muon family needs `use_muon` param groups; LOMO fuses its update into 
 closure ones say so in `needs_closure`; the others are refused with a one-line ConfigError. On a 5-step smoke test of a tiny LLaMA, 101 of
 the 128 names build and train with defaults alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,9 @@ def members() -> list[str]:
     try:
         import pytorch_optimizer
     except ImportError:
-        raise ConfigError("optimizer", "po:<name>", "pytorch_optimizer installed (pip install 'spam-bench[zoo]')") from None
+        raise ConfigError(
+            "optimizer", "po:<name>", "pytorch_optimizer installed (pip install 'spam-bench[zoo]')"
+        ) from None
     return sorted(pytorch_optimizer.get_supported_optimizers())
 
 
@@ -81,15 +84,21 @@ def build(name: str) -> OptimizerSpec:
     if name not in members():
         raise ConfigError("optimizer", f"po:{name}", members())
     if name in NOT_TRAINABLE:
-        raise ConfigError("optimizer", f"po:{name}", "a pytorch_optimizer optimizer that trains with "
-                          f"backward() + step() ({name} {NOT_TRAINABLE[name]})")
+        raise ConfigError(
+            "optimizer",
+            f"po:{name}",
+            f"a pytorch_optimizer optimizer that trains with backward() + step() ({name} {NOT_TRAINABLE[name]})",
+        )
     cls = pytorch_optimizer.load_optimizer(name)
     sig = inspect.signature(cls.__init__)
     first = next(iter(list(sig.parameters)[1:]), "params")
     if first == "optimizer":
         raise ConfigError("optimizer", f"po:{name}", "a pytorch_optimizer optimizer, not a wrapper of one")
-    fields = [f for p in sig.parameters.values()
-              if p.name not in SKIP and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and (f := _field(p))]
+    fields = [
+        f
+        for p in sig.parameters.values()
+        if p.name not in SKIP and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and (f := _field(p))
+    ]
     fields.sort(key=lambda f: f[2].default is not dataclasses.MISSING)  # required fields first
     config_cls = dataclasses.make_dataclass(f"PO_{cls.__name__}Config", fields)
     config_cls.__doc__ = f"Keyword arguments of pytorch_optimizer.{cls.__name__} with its defaults."
@@ -110,5 +119,9 @@ def build(name: str) -> OptimizerSpec:
     )
 
 
-FAMILY = Family(prefix="po", build=lru_cache(maxsize=None)(build), members=members,
-                description="any pytorch_optimizer optimizer by registry name, e.g. po:lion, po:adopt")
+FAMILY = Family(
+    prefix="po",
+    build=lru_cache(maxsize=None)(build),
+    members=members,
+    description="any pytorch_optimizer optimizer by registry name, e.g. po:lion, po:adopt",
+)

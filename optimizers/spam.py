@@ -55,11 +55,13 @@ fp32 moments the masked group's state is 8d + 1/8 bytes per weight (sorted int32
 (docs/spam.md#spike-aware-clipping), in every kernel. The intersection copy at resampling is not
 done: the call right after a resample is always a reset call, which zeroes every moment anyway.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -72,14 +74,14 @@ from spam_bench.suite.search_space import Dist
 
 STATE_DTYPES = ("param", "float32")
 KERNELS = ("auto", "native", "eager", "compiled")
-DEFAULT_BLOCK = 1 << 18   # elements per CPU cache block (1 MiB of fp32 per buffer)
+DEFAULT_BLOCK = 1 << 18  # elements per CPU cache block (1 MiB of fp32 per buffer)
 
 
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     """A flat bool mask as bits: bit j of byte b is position 8b + j, bytes padded to a multiple of 8
     (the C kernel reads 64-bit words; the padding bits are 0)."""
     padded = torch.zeros(-(-keep.numel() // 64) * 64, dtype=torch.uint8, device=keep.device)
-    padded[:keep.numel()] = keep
+    padded[: keep.numel()] = keep
     weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=keep.device)
     return padded.view(-1, 8).mul_(weights).sum(1, dtype=torch.uint8)
 
@@ -92,8 +94,8 @@ def _mask_block(block: int) -> int:
 def unpack_mask(bits: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Positions [start, end) of a packed mask as bools; `start` is a multiple of 8."""
     shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
-    byte_bits = bits[start // 8:(end + 7) // 8, None].bitwise_right_shift(shifts).bitwise_and_(1)
-    return byte_bits.view(-1)[:end - start].bool()
+    byte_bits = bits[start // 8 : (end + 7) // 8, None].bitwise_right_shift(shifts).bitwise_and_(1)
+    return byte_bits.view(-1)[: end - start].bool()
 
 
 def warmup_factor(counter: int, warmup_steps: int) -> float:
@@ -110,18 +112,37 @@ class SPAM(torch.optim.Optimizer):
     move. The counters (step t, steps since the warmup restart) are global, as in the official code.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, *, reset_interval: int = 500,
-                 warmup_steps: int = 150, spike_threshold: float = 5000.0, clip_delay: int = 20,
-                 guard_zero_v: bool = False, state_dtype: str = "param", mask_seed: int = 0,
-                 kernel: str = "auto", block_size: int = DEFAULT_BLOCK):
-        checks = {"lr": lr >= 0, "eps": eps >= 0, "weight_decay": weight_decay >= 0,
-                  "betas": all(0.0 <= b < 1.0 for b in betas), "spike_threshold": spike_threshold >= 0,
-                  "reset_interval": isinstance(reset_interval, int) and reset_interval >= 0,
-                  "warmup_steps": isinstance(warmup_steps, int) and warmup_steps >= 0,
-                  "clip_delay": isinstance(clip_delay, int) and clip_delay >= 0,
-                  "state_dtype": state_dtype in STATE_DTYPES, "kernel": kernel in KERNELS,
-                  "block_size": isinstance(block_size, int) and block_size > 0}
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        reset_interval: int = 500,
+        warmup_steps: int = 150,
+        spike_threshold: float = 5000.0,
+        clip_delay: int = 20,
+        guard_zero_v: bool = False,
+        state_dtype: str = "param",
+        mask_seed: int = 0,
+        kernel: str = "auto",
+        block_size: int = DEFAULT_BLOCK,
+    ):
+        checks = {
+            "lr": lr >= 0,
+            "eps": eps >= 0,
+            "weight_decay": weight_decay >= 0,
+            "betas": all(0.0 <= b < 1.0 for b in betas),
+            "spike_threshold": spike_threshold >= 0,
+            "reset_interval": isinstance(reset_interval, int) and reset_interval >= 0,
+            "warmup_steps": isinstance(warmup_steps, int) and warmup_steps >= 0,
+            "clip_delay": isinstance(clip_delay, int) and clip_delay >= 0,
+            "state_dtype": state_dtype in STATE_DTYPES,
+            "kernel": kernel in KERNELS,
+            "block_size": isinstance(block_size, int) and block_size > 0,
+        }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"SPAM: invalid {name}={locals()[name]!r}")
@@ -132,7 +153,7 @@ class SPAM(torch.optim.Optimizer):
             raise RuntimeError(f"SPAM: kernel='native' is unavailable: {spam_native.unavailable_reason()}")
         self._mask_gen = torch.Generator(device="cpu")
         self._mask_gen.manual_seed(mask_seed)
-        self._step = 0                       # K: completed calls; call t = K + 1
+        self._step = 0  # K: completed calls; call t = K + 1
         self._since_restart = warmup_steps + 1  # C: starts past N, so no warmup before the first reset
         self._inf_steps: dict[torch.device, torch.Tensor] = {}
         # Telemetry (off by default; spike instruments switch it on): entries clipped by the last
@@ -158,8 +179,10 @@ class SPAM(torch.optim.Optimizer):
             raise ValueError(f"SPAM: density must be in (0, 1], got {density!r}")
         for p in group["params"]:
             if p.ndim != 2:
-                raise ValueError(f"SPAM: a param group with `density` may hold only 2-D parameters; "
-                                 f"got one of shape {tuple(p.shape)}")
+                raise ValueError(
+                    f"SPAM: a param group with `density` may hold only 2-D parameters; "
+                    f"got one of shape {tuple(p.shape)}"
+                )
             # Masks are drawn here, in parameter order, so they depend only on mask_seed.
             perm = torch.randperm(p.numel(), generator=self._mask_gen)[: int(density * p.numel())]
             keep = torch.zeros(p.numel(), dtype=torch.bool)
@@ -235,7 +258,7 @@ class SPAM(torch.optim.Optimizer):
             sdtype = p.dtype if self.state_dtype == "param" else torch.float32
             # The kernels need contiguous tensors of one dtype; others work on a copy.
             target = p if (p.dtype == sdtype and p.is_contiguous()) else p.detach().to(sdtype).contiguous()
-            g = p.grad.to(sdtype).contiguous().view(-1)   # no copy in the common case
+            g = p.grad.to(sdtype).contiguous().view(-1)  # no copy in the common case
             masked = "mask_bits" in state
             if "exp_avg" not in state:
                 n = self._mask_count(p) if masked else g.numel()
@@ -243,7 +266,10 @@ class SPAM(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros(n, dtype=sdtype, device=p.device)
                 state["exp_avg_sq"] = torch.zeros(n, dtype=sdtype, device=p.device)
                 if not masked:
-                    state["exp_avg"], state["exp_avg_sq"] = state["exp_avg"].view(p.shape), state["exp_avg_sq"].view(p.shape)
+                    state["exp_avg"], state["exp_avg_sq"] = (
+                        state["exp_avg"].view(p.shape),
+                        state["exp_avg_sq"].view(p.shape),
+                    )
             state["step"] += 1
             items.append(_Item(p, target, g, state, masked))
         if not items:
@@ -276,11 +302,21 @@ class SPAM(torch.optim.Optimizer):
             return "native" if native else "eager"
         return self.kernel
 
-    def _native_bucket(self, bucket: list[_Item], step_size: float, beta1: float, beta2: float, eps: float,
-                       clip: bool) -> None:
+    def _native_bucket(
+        self, bucket: list[_Item], step_size: float, beta1: float, beta2: float, eps: float, clip: bool
+    ) -> None:
         # Complements in float64 first (1 - float32(0.999) is off by 1e-5 relative), then float32 in C.
-        hyper = (self.spike_threshold, beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, int(clip),
-                 int(self.guard_zero_v))
+        hyper = (
+            self.spike_threshold,
+            beta1,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            step_size,
+            eps,
+            int(clip),
+            int(self.guard_zero_v),
+        )
         for it in bucket:
             flat, m, v = it.target.view(-1), it.state["exp_avg"].view(-1), it.state["exp_avg_sq"].view(-1)
             if not it.masked:
@@ -316,21 +352,49 @@ class SPAM(torch.optim.Optimizer):
             yield k, k + index.numel(), index
             k += index.numel()
 
-    def _eager_bucket(self, bucket: list[_Item], device: torch.device, dtype: torch.dtype, step_size: float,
-                      beta1: float, beta2: float, eps: float, clip: bool) -> None:
+    def _eager_bucket(
+        self,
+        bucket: list[_Item],
+        device: torch.device,
+        dtype: torch.dtype,
+        step_size: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        clip: bool,
+    ) -> None:
         # The kernel's own bias correction is disabled with an infinite step count, so it computes
         # exactly p -= step_size * m / (sqrt(v) + eps).
         inf = self._inf_steps.setdefault(device, torch.tensor(math.inf, device=device))
 
-        def adam(ps: list[torch.Tensor], gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor]) -> None:
-            torch._fused_adamw_(ps, gs, ms, vs, [], [inf] * len(ps), lr=step_size, beta1=beta1, beta2=beta2,
-                                weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+        def adam(
+            ps: list[torch.Tensor], gs: list[torch.Tensor], ms: list[torch.Tensor], vs: list[torch.Tensor]
+        ) -> None:
+            torch._fused_adamw_(
+                ps,
+                gs,
+                ms,
+                vs,
+                [],
+                [inf] * len(ps),
+                lr=step_size,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=eps,
+                amsgrad=False,
+                maximize=False,
+            )
 
         dense = [it for it in bucket if not it.masked]
         masked = [it for it in bucket if it.masked]
         if dense and not clip:  # nothing to prepare: one multi-tensor call, no blocking needed
-            adam([it.target for it in dense], [it.g.view_as(it.target) for it in dense],
-                 [it.state["exp_avg"] for it in dense], [it.state["exp_avg_sq"] for it in dense])
+            adam(
+                [it.target for it in dense],
+                [it.g.view_as(it.target) for it in dense],
+                [it.state["exp_avg"] for it in dense],
+                [it.state["exp_avg_sq"] for it in dense],
+            )
             dense = []
         if not dense and not masked:
             return
@@ -360,9 +424,11 @@ class SPAM(torch.optim.Optimizer):
             ps.clear(), gs.clear(), ms.clear(), vs.clear(), scatters.clear()
             used = 0
 
-        def clipped(g: torch.Tensor, v: torch.Tensor, at: int, n: int, out: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        def clipped(
+            g: torch.Tensor, v: torch.Tensor, at: int, n: int, out: torch.Tensor, owner: torch.Tensor
+        ) -> torch.Tensor:
             """g with spikes (g² > θv, docs/spam.md#spike-aware-clipping) replaced by sign(g)·sqrt(θv)."""
-            limit2, diff = torch.mul(v, theta, out=lim2[at:at + n]), sq[at:at + n]
+            limit2, diff = torch.mul(v, theta, out=lim2[at : at + n]), sq[at : at + n]
             if device.type == "cpu":
                 # Spikes are rare: look for one first (fl(g²) - fl(θv) > 0 has the sign of the
                 # test, exactly). A block without one needs no sqrt and no copy. Float ops only:
@@ -387,7 +453,7 @@ class SPAM(torch.optim.Optimizer):
                 if used + n > size:
                     flush()
                 ps.append(pf[s:e]), ms.append(mf[s:e]), vs.append(vf[s:e])
-                gs.append(clipped(gf[s:e], vf[s:e], used, n, gbuf[used:used + n], it.p))
+                gs.append(clipped(gf[s:e], vf[s:e], used, n, gbuf[used : used + n], it.p))
                 used += n
         for it in masked:
             pf, gf, mf, vf = it.target.view(-1), it.g, it.state["exp_avg"], it.state["exp_avg_sq"]
@@ -397,40 +463,55 @@ class SPAM(torch.optim.Optimizer):
                     continue
                 if used + n > size:
                     flush()
-                gsel = torch.index_select(gf, 0, index, out=gbuf[used:used + n])
+                gsel = torch.index_select(gf, 0, index, out=gbuf[used : used + n])
                 if clip:
-                    gsel = clipped(gsel, vf[s:e], used, n, gsel, it.p)   # in place if there is a spike
+                    gsel = clipped(gsel, vf[s:e], used, n, gsel, it.p)  # in place if there is a spike
                 # The update lands in a zeroed block, then is added at the masked positions: as
                 # fast as gathering p and copying it back.
-                psel = pbuf[used:used + n].zero_()
+                psel = pbuf[used : used + n].zero_()
                 ps.append(psel), gs.append(gsel), ms.append(mf[s:e]), vs.append(vf[s:e])
                 scatters.append((pf, index, psel))
                 used += n
         flush()
 
-    def _compiled_bucket(self, bucket: list[_Item], device: torch.device, step_size: float,
-                         beta1: float, beta2: float, eps: float, clip: bool) -> None:
+    def _compiled_bucket(
+        self,
+        bucket: list[_Item],
+        device: torch.device,
+        step_size: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        clip: bool,
+    ) -> None:
         # Complements in float64 first: 1 - float32(0.999) is off by 1e-5 relative.
-        hp = torch.tensor([self.spike_threshold, beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps],
-                          device=device, dtype=torch.float64)
+        hp = torch.tensor(
+            [self.spike_threshold, beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps],
+            device=device,
+            dtype=torch.float64,
+        )
         block = self._block(device)
         for it in bucket:
             m, v = it.state["exp_avg"].view(-1), it.state["exp_avg_sq"].view(-1)
-            if not it.masked:   # one pass over the whole tensor, no temporaries
+            if not it.masked:  # one pass over the whole tensor, no temporaries
                 _compiled_kernel("dense")(it.target.view(-1), it.g, m, v, hp, clip, self.guard_zero_v)
                 continue
             # Masked: gather, clip, Adam and scatter in one kernel, a cache block at a time (the
             # kernel's only temporary, the updated values before the scatter, stays small).
             for s, e, index in self._segments(it, block):
                 if e > s:
-                    _compiled_kernel("masked")(it.target.view(-1), it.g, index, m[s:e], v[s:e], hp, clip,
-                                               self.guard_zero_v)
+                    _compiled_kernel("masked")(
+                        it.target.view(-1), it.g, index, m[s:e], v[s:e], hp, clip, self.guard_zero_v
+                    )
 
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
-        out["spam"] = {"step": self._step, "since_restart": self._since_restart,
-                       "mask_generator": self._mask_gen.get_state()}
+        out["spam"] = {
+            "step": self._step,
+            "since_restart": self._since_restart,
+            "mask_generator": self._mask_gen.get_state(),
+        }
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -452,10 +533,11 @@ def _clip_spikes(g: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, guard_ze
     return torch.where(spike, torch.sqrt(limit2).copysign(g), g)
 
 
-def _dense_kernel(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hp: torch.Tensor,
-                  clip: bool, guard_zero_v: bool) -> None:
+def _dense_kernel(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hp: torch.Tensor, clip: bool, guard_zero_v: bool
+) -> None:
     """Clip + Adam moments + update for one flat tensor; torch.compile fuses it into one pass."""
-    theta, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps = hp.to(v.dtype).unbind(0)
+    theta, _beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps = hp.to(v.dtype).unbind(0)
     if clip:
         g = _clip_spikes(g, v, theta, guard_zero_v)
     m.lerp_(g, one_minus_beta1)
@@ -463,11 +545,19 @@ def _dense_kernel(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Te
     p.sub_(step_size * (m / (v.sqrt() + eps)))
 
 
-def _masked_kernel(p: torch.Tensor, g: torch.Tensor, index: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-                   hp: torch.Tensor, clip: bool, guard_zero_v: bool) -> None:
+def _masked_kernel(
+    p: torch.Tensor,
+    g: torch.Tensor,
+    index: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    hp: torch.Tensor,
+    clip: bool,
+    guard_zero_v: bool,
+) -> None:
     """The same for the masked entries `index` of flat p and g, with compact m and v: gather,
     clip, Adam and scatter fused into one kernel."""
-    theta, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps = hp.to(v.dtype).unbind(0)
+    theta, _beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps = hp.to(v.dtype).unbind(0)
     g = g[index]
     if clip:
         g = _clip_spikes(g, v, theta, guard_zero_v)
@@ -490,6 +580,7 @@ def _compiled_kernel(kind: str) -> Callable[..., None]:
 @dataclass(slots=True)
 class _Item:
     """One parameter's share of a step: the tensor updated in place, its flat gradient, its state."""
+
     p: torch.Tensor
     target: torch.Tensor
     g: torch.Tensor
@@ -503,38 +594,79 @@ class SPAMConfig:
     beta2: float = param(0.999, "Second-moment decay; sets the time scale the step counts refer to.", ge=0.0, lt=1.0)
     eps: float = param(1e-6, "Denominator epsilon, added after the sqrt; official default 1e-6 (not 1e-8).", ge=0.0)
     weight_decay: float = param(0.0, "Decoupled weight decay after the update; 0 in all published runs.", ge=0.0)
-    reset_interval: int = param(500, "ΔT (official DeltaT): zero m, v on calls t ≡ 0 mod ΔT and resample masks; 0 = never.", ge=0)
+    reset_interval: int = param(
+        500, "ΔT (official DeltaT): zero m, v on calls t ≡ 0 mod ΔT and resample masks; 0 = never.", ge=0
+    )
     warmup_steps: int = param(150, "N: cosine ramp 0.01 -> 1 of the update after each reset (official 150).", ge=0)
     spike_threshold: float = param(5000.0, "θ: clip g to ±sqrt(θ v) where g² > θ v; 0 disables clipping.", ge=0.0)
-    clip_delay: int = param(20, "A (official grad_accu_steps): no clipping for A calls after start and after each reset.", ge=0)
-    density: float = param(1.0, "Sparse-momentum density on 2-D attention/MLP weights; 1 = dense Adam state. State per masked "
-                                "weight with fp32 moments: 8d + 1/8 B (moments of the masked entries + a packed bitmap).", gt=0.0, le=1.0)
+    clip_delay: int = param(
+        20, "A (official grad_accu_steps): no clipping for A calls after start and after each reset.", ge=0
+    )
+    density: float = param(
+        1.0,
+        "Sparse-momentum density on 2-D attention/MLP weights; 1 = dense Adam state. State per masked "
+        "weight with fp32 moments: 8d + 1/8 B (moments of the masked entries + a packed bitmap).",
+        gt=0.0,
+        le=1.0,
+    )
     guard_zero_v: bool = param(False, "Do not clip entries whose v is exactly 0 (official code freezes them).")
-    state_dtype: str = param("param", "Moment dtype: 'param' (official: bf16 with bf16 models) or 'float32'.", choices=STATE_DTYPES)
+    state_dtype: str = param(
+        "param", "Moment dtype: 'param' (official: bf16 with bf16 models) or 'float32'.", choices=STATE_DTYPES
+    )
     mask_seed: int = param(0, "Seed of the optimizer's own mask generator (saved in state_dict).", ge=0)
-    kernel: str = param("auto", "Step kernel: 'native' (C, float32 on CPU, built on first use), 'eager' (torch ops), "
-                                "'compiled' (torch.compile; a one-off compile per process); 'auto' = native where it "
-                                "applies, else eager. Same results (tests compare each with the oracle).", choices=KERNELS)
+    kernel: str = param(
+        "auto",
+        "Step kernel: 'native' (C, float32 on CPU, built on first use), 'eager' (torch ops), "
+        "'compiled' (torch.compile; a one-off compile per process); 'auto' = native where it "
+        "applies, else eager. Same results (tests compare each with the oracle).",
+        choices=KERNELS,
+    )
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
-         eps: float = 1e-6, weight_decay: float = 0.0, reset_interval: int = 500, warmup_steps: int = 150,
-         spike_threshold: float = 5000.0, clip_delay: int = 20, density: float = 1.0,
-         guard_zero_v: bool = False, state_dtype: str = "param", mask_seed: int = 0,
-         kernel: str = "auto") -> SPAM:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    reset_interval: int = 500,
+    warmup_steps: int = 150,
+    spike_threshold: float = 5000.0,
+    clip_delay: int = 20,
+    density: float = 1.0,
+    guard_zero_v: bool = False,
+    state_dtype: str = "param",
+    mask_seed: int = 0,
+    kernel: str = "auto",
+) -> SPAM:
     """SPAM for `model`; with density < 1, 2-D attention/MLP weights get masks (as the paper's script)."""
     named = [(n, p, r) for n, p, r in model_info.named_parameters_with_roles(model) if p.requires_grad]
     if density < 1.0:
         sparse = [p for _, p, r in named if r in MATRIX_ROLES and p.ndim == 2]
         dense = [p for _, p, r in named if not (r in MATRIX_ROLES and p.ndim == 2)]
-        groups: list[dict[str, Any]] = [g for g in ({"params": dense}, {"params": sparse, "density": density})
-                                         if g["params"]]
+        groups: list[dict[str, Any]] = [
+            g for g in ({"params": dense}, {"params": sparse, "density": density}) if g["params"]
+        ]
     else:
         groups = [{"params": [p for _, p, _ in named]}]
-    return SPAM(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                reset_interval=reset_interval, warmup_steps=warmup_steps, spike_threshold=spike_threshold,
-                clip_delay=clip_delay, guard_zero_v=guard_zero_v, state_dtype=state_dtype, mask_seed=mask_seed,
-                kernel=kernel)
+    return SPAM(
+        groups,
+        lr=lr,
+        betas=(beta1, beta2),
+        eps=eps,
+        weight_decay=weight_decay,
+        reset_interval=reset_interval,
+        warmup_steps=warmup_steps,
+        spike_threshold=spike_threshold,
+        clip_delay=clip_delay,
+        guard_zero_v=guard_zero_v,
+        state_dtype=state_dtype,
+        mask_seed=mask_seed,
+        kernel=kernel,
+    )
 
 
 # Log-uniform ranges centred (geometrically) near the paper's ΔT, N and θ. The warmup's range ends

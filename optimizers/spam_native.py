@@ -10,6 +10,7 @@ Concurrent builds (Ray trials starting together) each write a private file and r
 When no compiler is found or the build fails, `load()` returns None with the reason in
 `unavailable_reason()`, and SPAM falls back to its torch-ops kernel, which gives the same results.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,7 +26,7 @@ import torch
 SOURCE = Path(__file__).with_name("spam_kernel.c")
 FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
 
-_HYPER = [ctypes.c_double] * 7 + [ctypes.c_int] * 3   # theta, b1, 1-b1, b2, 1-b2, step, eps, clip, guard, threads
+_HYPER = [ctypes.c_double] * 7 + [ctypes.c_int] * 3  # theta, b1, 1-b1, b2, 1-b2, step, eps, clip, guard, threads
 _ptr, _i64 = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "spam_dense": [_ptr, _ptr, _ptr, _ptr, _i64, *_HYPER],
@@ -57,6 +58,7 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     import platform
+
     return platform.processor() or platform.machine()
 
 
@@ -77,7 +79,9 @@ def _build(cc: str, march: str) -> Path:
     try:
         done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            raise RuntimeError(
+                f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+            )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -119,17 +123,25 @@ def dense(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hy
     """One step on a whole (flat, contiguous) tensor; returns the number of clipped entries."""
     lib = load()
     assert lib is not None
-    return lib.spam_dense(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), *hyper,
-                          torch.get_num_threads())
+    return lib.spam_dense(
+        p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), *hyper, torch.get_num_threads()
+    )
 
 
-def masked(p: torch.Tensor, g: torch.Tensor, bits: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-           hyper: tuple) -> int:
+def masked(p: torch.Tensor, g: torch.Tensor, bits: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hyper: tuple) -> int:
     """One step on the entries of flat p whose bit is set in the packed mask `bits` (compact m, v)."""
     lib = load()
     assert lib is not None and bits.dtype == torch.uint8 and bits.is_contiguous() and bits.numel() * 8 >= p.numel()
-    clipped = lib.spam_masked(p.data_ptr(), g.data_ptr(), bits.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(),
-                              *hyper, torch.get_num_threads())
+    clipped = lib.spam_masked(
+        p.data_ptr(),
+        g.data_ptr(),
+        bits.data_ptr(),
+        m.data_ptr(),
+        v.data_ptr(),
+        p.numel(),
+        *hyper,
+        torch.get_num_threads(),
+    )
     if clipped < 0:
         raise MemoryError("spam_masked: could not allocate its chunk offsets")
     return clipped

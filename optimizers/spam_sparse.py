@@ -6,16 +6,17 @@ reproduces the authors' logged densities exactly: 0.3225388601036269 for 60M at 
 0.4305555555555556 for 130M at r = 256 (0.3228 for 350M at 256, 0.3229 for 1B at 512).
 Everything else is `optimizers.spam.make` with that density.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 
 from spam_bench.optimizers.galore import resolve_rank, state_numel
 from spam_bench.optimizers.roles import matrix_shapes
-from spam_bench.optimizers.spam import SPAM, SPAMConfig, make as make_spam
+from spam_bench.optimizers.spam import SPAM, SPAMConfig
+from spam_bench.optimizers.spam import make as make_spam
 from spam_bench.suite.config import param
 from spam_bench.suite.errors import NotApplicable
 from spam_bench.suite.model_info import ModelInfo
@@ -33,14 +34,28 @@ def matched_density(model: torch.nn.Module, model_info: ModelInfo, rank: int | N
     return min(1.0, galore / adam)
 
 
-_SPAM_FIELDS = [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
-                for f in dataclasses.fields(SPAMConfig) if f.name != "density"]
+_SPAM_FIELDS = [
+    (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+    for f in dataclasses.fields(SPAMConfig)
+    if f.name != "density"
+]
 
-SparseSPAMConfig = dataclasses.make_dataclass("SparseSPAMConfig", [
-    ("rank", int | None, param(None, "GaLore rank the memory is matched to; None = the paper's rank for the model "
-                                     "width (128 at 60M, 256 at 130M/350M, 512 at 1B; hidden/4 otherwise).", ge=1)),
-    *_SPAM_FIELDS,
-])
+SparseSPAMConfig = dataclasses.make_dataclass(
+    "SparseSPAMConfig",
+    [
+        (
+            "rank",
+            int | None,
+            param(
+                None,
+                "GaLore rank the memory is matched to; None = the paper's rank for the model "
+                "width (128 at 60M, 256 at 130M/350M, 512 at 1B; hidden/4 otherwise).",
+                ge=1,
+            ),
+        ),
+        *_SPAM_FIELDS,
+    ],
+)
 SparseSPAMConfig.__doc__ = "SPAM's fields (without density, which is derived) plus the GaLore rank to match."
 
 

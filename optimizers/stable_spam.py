@@ -28,11 +28,13 @@ Differences from the official code, none of which changes the arithmetic in floa
 - the norm/max EMAs are float32 (or wider) tensors in `state` (saved by `state_dict`, counted as state);
 - `reset_interval = 0` means never reset (official would divide by zero).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -53,15 +55,34 @@ def beta1_scale(call: int, total_steps: int | None, eta_min: float) -> float:
 
 
 class StableSPAM(torch.optim.Optimizer):
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, *, gamma1: float = 0.7, gamma2: float = 0.9,
-                 gamma3: float = 0.999, reset_interval: int = 1000, total_steps: int | None = None,
-                 eta_min: float = 0.5, fresh_reset: bool = False):
-        checks = {"lr": lr >= 0, "eps": eps >= 0, "weight_decay": weight_decay >= 0,
-                  "betas": all(0.0 <= b < 1.0 for b in betas),
-                  "gamma1": 0.0 <= gamma1 < 1.0, "gamma2": 0.0 <= gamma2 < 1.0, "gamma3": 0.0 <= gamma3 < 1.0,
-                  "reset_interval": isinstance(reset_interval, int) and reset_interval >= 0,
-                  "total_steps": total_steps is None or total_steps >= 1, "eta_min": 0.0 < eta_min <= 1.0}
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        gamma1: float = 0.7,
+        gamma2: float = 0.9,
+        gamma3: float = 0.999,
+        reset_interval: int = 1000,
+        total_steps: int | None = None,
+        eta_min: float = 0.5,
+        fresh_reset: bool = False,
+    ):
+        checks = {
+            "lr": lr >= 0,
+            "eps": eps >= 0,
+            "weight_decay": weight_decay >= 0,
+            "betas": all(0.0 <= b < 1.0 for b in betas),
+            "gamma1": 0.0 <= gamma1 < 1.0,
+            "gamma2": 0.0 <= gamma2 < 1.0,
+            "gamma3": 0.0 <= gamma3 < 1.0,
+            "reset_interval": isinstance(reset_interval, int) and reset_interval >= 0,
+            "total_steps": total_steps is None or total_steps >= 1,
+            "eta_min": 0.0 < eta_min <= 1.0,
+        }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"StableSPAM: invalid {name}={locals()[name]!r}")
@@ -102,8 +123,7 @@ class StableSPAM(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     for key in EMA_KEYS:  # at least float32, whatever the parameter dtype
-                        state[key] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32),
-                                                 device=p.device)
+                        state[key] = torch.zeros((), dtype=torch.promote_types(p.dtype, torch.float32), device=p.device)
                 state["step"] += 1
                 k = state["step"]
                 if wd > 0:
@@ -159,21 +179,48 @@ class StableSPAMConfig:
     gamma1: float = param(0.7, "γ1: EMA decay of the gradient norm in AdaGN (paper BF16 130M: 0.85).", ge=0.0, lt=1.0)
     gamma2: float = param(0.9, "γ2: EMA decay of the squared norm in AdaGN (paper BF16 130M: 0.99999).", ge=0.0, lt=1.0)
     gamma3: float = param(0.999, "γ3: EMA decay of max|g| in AdaClip.", ge=0.0, lt=1.0)
-    reset_interval: int = param(1000, "ΔT: zero m, v on calls T ≡ 0 mod ΔT (official update_proj_gap); 0 = never.", ge=0)
-    total_steps: int | None = param(None, "Steps of the cosine decay of β1 and γ1 to eta_min (official total_T); "
-                                          "None = no decay.", ge=1)
+    reset_interval: int = param(
+        1000, "ΔT: zero m, v on calls T ≡ 0 mod ΔT (official update_proj_gap); 0 = never.", ge=0
+    )
+    total_steps: int | None = param(
+        None, "Steps of the cosine decay of β1 and γ1 to eta_min (official total_T); None = no decay.", ge=1
+    )
     eta_min: float = param(0.5, "Final multiplier of the β1/γ1 cosine decay.", gt=0.0, le=1.0)
     fresh_reset: bool = param(False, "Zero m, v before use on a reset call (pytorch_optimizer); False = official.")
 
 
-def make(model: torch.nn.Module, model_info: ModelInfo, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
-         eps: float = 1e-8, weight_decay: float = 0.0, gamma1: float = 0.7, gamma2: float = 0.9,
-         gamma3: float = 0.999, reset_interval: int = 1000, total_steps: int | None = None,
-         eta_min: float = 0.5, fresh_reset: bool = False) -> StableSPAM:
+def make(
+    model: torch.nn.Module,
+    model_info: ModelInfo,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    gamma1: float = 0.7,
+    gamma2: float = 0.9,
+    gamma3: float = 0.999,
+    reset_interval: int = 1000,
+    total_steps: int | None = None,
+    eta_min: float = 0.5,
+    fresh_reset: bool = False,
+) -> StableSPAM:
     params = [p for p in model.parameters() if p.requires_grad]
-    return StableSPAM(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, gamma1=gamma1,
-                      gamma2=gamma2, gamma3=gamma3, reset_interval=reset_interval, total_steps=total_steps,
-                      eta_min=eta_min, fresh_reset=fresh_reset)
+    return StableSPAM(
+        params,
+        lr=lr,
+        betas=(beta1, beta2),
+        eps=eps,
+        weight_decay=weight_decay,
+        gamma1=gamma1,
+        gamma2=gamma2,
+        gamma3=gamma3,
+        reset_interval=reset_interval,
+        total_steps=total_steps,
+        eta_min=eta_min,
+        fresh_reset=fresh_reset,
+    )
 
 
 SPEC = OptimizerSpec(
@@ -182,6 +229,6 @@ SPEC = OptimizerSpec(
     config_cls=StableSPAMConfig,
     description="Stable-SPAM: Adam + AdaClip + AdaGN + momentum reset",
     reference="Huang et al. 2025 arXiv 2502.17055; official TianjinYellow/StableSPAM semantics "
-              "(docs/spam.md#stable-spam)",
+    "(docs/spam.md#stable-spam)",
     search_space={"lr": Dist(1e-4, 1e-2, log=True), "opt.gamma1": Dist(0.5, 0.9), "opt.gamma2": Dist(0.9, 0.9999)},
 )

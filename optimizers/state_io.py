@@ -4,15 +4,18 @@
 lossy for float32 moments of bf16 parameters, and wrong for integer masks. Optimizers that keep state
 in its own dtype call this after `super().load_state_dict` to put the saved tensors back as saved.
 """
+
 from __future__ import annotations
 
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import torch
 
 
-def restore_saved_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any],
-                         keys: Collection[str] | None = None) -> None:
+def restore_saved_dtypes(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], keys: Collection[str] | None = None
+) -> None:
     """Re-take the saved state tensors (only `keys`, if given) at their saved dtype, on each param's device."""
     ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [p for g in optimizer.param_groups for p in g["params"]]

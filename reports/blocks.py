@@ -3,6 +3,7 @@
 A leaf module: the leaderboard, its sections (paper, spikes) and both renderers (Markdown, HTML)
 share these types, so none of them needs to import another to build or draw a block.
 """
+
 from __future__ import annotations
 
 import math

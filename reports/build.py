@@ -4,6 +4,7 @@ Writes results.parquet (long format, every complete run that passes the filters)
 plain per-settings table), leaderboard.md, the figures (*.png) and leaderboard.html (the same
 content with the figures embedded). Reads only complete runs; writes nothing outside `<out>/report`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,15 @@ def _code_filter(runs: pd.DataFrame, long: pd.DataFrame, all_code: bool) -> tupl
     return runs, long, note
 
 
-def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None = None, scale: str | None = None,
-                      since: str | None = None, plots: bool = True, all_code: bool = False) -> tuple[str, Path]:
+def write_leaderboard(
+    out_root: Path,
+    task: str | None = None,
+    opt: str | None = None,
+    scale: str | None = None,
+    since: str | None = None,
+    plots: bool = True,
+    all_code: bool = False,
+) -> tuple[str, Path]:
     """Write the report folder; returns (leaderboard Markdown, report folder).
 
     Filters take comma-separated names; `since` an ISO date/datetime or an age (7d, 12h).
@@ -71,8 +79,10 @@ def write_leaderboard(out_root: Path, task: str | None = None, opt: str | None =
 
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
         images |= spikes.plot_traces(long, runs, report_dir)
-    filters = ", ".join([f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
-                        + ([code_note] if code_note else []))
+    filters = ", ".join(
+        [f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
+        + ([code_note] if code_note else [])
+    )
     blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable)
     markdown = leaderboard.to_markdown(blocks)
     (report_dir / "leaderboard.md").write_text(markdown)

@@ -2,6 +2,7 @@
 no script and no external reference, so it opens offline and can be published as it is.
 Renders the same blocks as the Markdown (reports/leaderboard.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -50,10 +51,15 @@ def render(blocks: list[Block], images_dir: Path) -> str:
             t = b.table
             head = "".join(f"<th>{_inline(h)}</th>" for h in t.header)
             rows = "".join(
-                f'<tr{" class=best" if i in t.highlight else ""}>' + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                for i, row in enumerate(t.rows))
+                f"<tr{' class=best' if i in t.highlight else ''}>"
+                + "".join(f"<td>{_inline(c)}</td>" for c in row)
+                + "</tr>"
+                for i, row in enumerate(t.rows)
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
     title = html.escape(blocks[0].text if blocks else "spam-bench leaderboard")
-    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{title}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{title}</title>"
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -8,13 +8,13 @@ Across tasks each optimizer is represented on a problem by its best entry (as af
 `build(runs)` returns a list of blocks that reports/markdown (here) and reports/html render the
 same way, so the Markdown and the HTML page can never disagree. Nothing here draws or writes files.
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ def short_labels(problems: list[tuple[str, str, str]], width: int = 36) -> list[
             continue
         own = [part for part in problem.split(", ") if not all(part in sib for sib in siblings)] or [problem]
         text = ", ".join(own)
-        labels.append(f"{task}/{scale} [{text if len(text) <= width else text[:width - 1] + '…'}]")
+        labels.append(f"{task}/{scale} [{text if len(text) <= width else text[: width - 1] + '…'}]")
     return [lab if labels.count(lab) == 1 else f"{lab} #{labels[:i].count(lab) + 1}" for i, lab in enumerate(labels)]
 
 
@@ -59,30 +59,43 @@ def entries(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     rows = []
-    for (task, scale, problem, optimizer, recipe), g in runs.groupby(PROBLEM_KEYS + ["optimizer", "recipe"], sort=True):
+    for (task, scale, problem, optimizer, recipe), g in runs.groupby([*PROBLEM_KEYS, "optimizer", "recipe"], sort=True):
         ok = g[(g.status == "complete") & g["value"].notna()]
         values = ok["value"].astype(float).to_numpy()
         lo, hi = stats.bootstrap_ci(values)
-        timed = (ok if len(ok) else g)
+        timed = ok if len(ok) else g
         speed = (timed["steps"].astype(float) / timed["wall_time_s"].astype(float)).replace([np.inf], np.nan).mean()
-        rows.append({
-            "task": task, "scale": scale, "problem": problem, "optimizer": optimizer, "recipe": recipe,
-            "metric": g["primary_metric"].iloc[0], "direction": g["direction"].iloc[0],
-            "mean": float(values.mean()) if len(values) else float("nan"), "ci_lo": lo, "ci_hi": hi,
-            "n": len(values), "diverged": int((g.status == "diverged").sum()),
-            "steps_per_s": speed, "state_bytes": timed["optimizer_state_bytes"].astype(float).mean(),
-            "grad_clip": g["grad_clip"].iloc[0] if "grad_clip" in g else None,
-            "task_config": g["task_config"].iloc[0] if "task_config" in g else "{}",
-            # every seed's outcome, NaN for a diverged run: what the probability of improvement compares
-            "outcomes": [float("nan") if s != "complete" or v is None or pd.isna(v) else float(v)
-                         for s, v in zip(g["status"], g["value"])],
-        })
+        rows.append(
+            {
+                "task": task,
+                "scale": scale,
+                "problem": problem,
+                "optimizer": optimizer,
+                "recipe": recipe,
+                "metric": g["primary_metric"].iloc[0],
+                "direction": g["direction"].iloc[0],
+                "mean": float(values.mean()) if len(values) else float("nan"),
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "n": len(values),
+                "diverged": int((g.status == "diverged").sum()),
+                "steps_per_s": speed,
+                "state_bytes": timed["optimizer_state_bytes"].astype(float).mean(),
+                "grad_clip": g["grad_clip"].iloc[0] if "grad_clip" in g else None,
+                "task_config": g["task_config"].iloc[0] if "task_config" in g else "{}",
+                # every seed's outcome, NaN for a diverged run: what the probability of improvement compares
+                "outcomes": [
+                    float("nan") if s != "complete" or v is None or pd.isna(v) else float(v)
+                    for s, v in zip(g["status"], g["value"])
+                ],
+            }
+        )
     out = pd.DataFrame(rows)
     out["rank"] = 0.0
     for _, g in out.groupby(PROBLEM_KEYS, sort=False):
         out.loc[g.index, "rank"] = stats.ranks(g["mean"].to_numpy(), g["direction"].iloc[0])
     out["best"] = (out["rank"] == out.groupby(PROBLEM_KEYS)["rank"].transform("min")) & out["mean"].notna()
-    return out.sort_values(PROBLEM_KEYS + ["rank", "optimizer", "recipe"]).reset_index(drop=True)
+    return out.sort_values([*PROBLEM_KEYS, "rank", "optimizer", "recipe"]).reset_index(drop=True)
 
 
 @dataclass
@@ -99,7 +112,7 @@ class Across:
 
 
 def across(table: pd.DataFrame) -> Across:
-    best = table.sort_values(["rank", "recipe"], kind="stable").groupby(PROBLEM_KEYS + ["optimizer"], sort=True).head(1)
+    best = table.sort_values(["rank", "recipe"], kind="stable").groupby([*PROBLEM_KEYS, "optimizer"], sort=True).head(1)
     problems = sorted({tuple(k) for k in best[PROBLEM_KEYS].to_numpy()})
     labels = short_labels(problems)
     optimizers = sorted(best["optimizer"].unique())
@@ -115,26 +128,48 @@ def across(table: pd.DataFrame) -> Across:
     for o in optimizers:
         if o == BASELINE:
             continue
-        ps = [stats.probability_of_improvement(runs[o], runs[BASELINE], d)
-              for d, runs in outcomes.values() if o in runs and BASELINE in runs]
+        ps = [
+            stats.probability_of_improvement(runs[o], runs[BASELINE], d)
+            for d, runs in outcomes.values()
+            if o in runs and BASELINE in runs
+        ]
         poi[o] = (float(np.mean(ps)) if ps else float("nan"), len(ps))
     mean_rank = rank.mean(axis=1, skipna=True).sort_values(kind="stable")
-    return Across(problems, optimizers, rank, mean_rank, ratio_table,
-                  stats.performance_profile(ratio_table, optimizers), poi)
+    return Across(
+        problems, optimizers, rank, mean_rank, ratio_table, stats.performance_profile(ratio_table, optimizers), poi
+    )
 
 
 def _entry_table(g: pd.DataFrame) -> Table:
     metric, direction = g["metric"].iloc[0], g["direction"].iloc[0]
     better = "lower" if direction == "min" else "higher"
-    header = ["rank", "optimizer", "hyperparameters", f"{metric} mean ({better} is better)", "95% CI",
-              "seeds", "diverged", "steps/s", "optimizer state"]
+    header = [
+        "rank",
+        "optimizer",
+        "hyperparameters",
+        f"{metric} mean ({better} is better)",
+        "95% CI",
+        "seeds",
+        "diverged",
+        "steps/s",
+        "optimizer state",
+    ]
     rows, highlight = [], set()
     for i, (_, e) in enumerate(g.iterrows()):
         failed = math.isnan(e["mean"])
-        rows.append([fmt(e["rank"], 3) + (" ★" if e["best"] else ""), e["optimizer"], e["recipe"],
-                     "diverged" if failed else fmt(e["mean"]),
-                     "–" if math.isnan(e["ci_lo"]) else f"[{fmt(e['ci_lo'])}, {fmt(e['ci_hi'])}]",
-                     str(e["n"]), str(e["diverged"]), fmt(e["steps_per_s"], 3), fmt_bytes(e["state_bytes"])])
+        rows.append(
+            [
+                fmt(e["rank"], 3) + (" ★" if e["best"] else ""),
+                e["optimizer"],
+                e["recipe"],
+                "diverged" if failed else fmt(e["mean"]),
+                "–" if math.isnan(e["ci_lo"]) else f"[{fmt(e['ci_lo'])}, {fmt(e['ci_hi'])}]",
+                str(e["n"]),
+                str(e["diverged"]),
+                fmt(e["steps_per_s"], 3),
+                fmt_bytes(e["state_bytes"]),
+            ]
+        )
         if e["best"]:
             highlight.add(i)
     return Table(header, rows, highlight)
@@ -146,37 +181,54 @@ def _across_blocks(a: Across) -> list[Block]:
     rows = []
     for o in a.mean_rank.index:
         p, k = a.poi.get(o, (float("nan"), 0))
-        rows.append([o, *[fmt(a.rank.loc[o, lab], 3) for lab in labels], fmt(a.mean_rank[o], 3),
-                     str(int(a.rank.loc[o].notna().sum())), f"{stats.profile_score(a.profile[o]):.2f}",
-                     "–" if o == BASELINE else (f"{p:.2f} ({k} problem{'s' if k > 1 else ''})" if k else "–")])
+        rows.append(
+            [
+                o,
+                *[fmt(a.rank.loc[o, lab], 3) for lab in labels],
+                fmt(a.mean_rank[o], 3),
+                str(int(a.rank.loc[o].notna().sum())),
+                f"{stats.profile_score(a.profile[o]):.2f}",
+                "–" if o == BASELINE else (f"{p:.2f} ({k} problem{'s' if k > 1 else ''})" if k else "–"),
+            ]
+        )
     best_rank = a.mean_rank.min()
     ranks = Table(header, rows, {i for i, o in enumerate(a.mean_rank.index) if a.mean_rank[o] == best_rank})
     idx = [int(np.argmin(np.abs(stats.TAU_GRID - t))) for t in PROFILE_TAUS]
-    prof = Table(["optimizer", *[f"τ={t:g}" for t in PROFILE_TAUS]],
-                 [[o, *[f"{a.profile[o][i]:.2f}" for i in idx]] for o in a.mean_rank.index])
+    prof = Table(
+        ["optimizer", *[f"τ={t:g}" for t in PROFILE_TAUS]],
+        [[o, *[f"{a.profile[o][i]:.2f}" for i in idx]] for o in a.mean_rank.index],
+    )
     return [
         Block("h2", "Across tasks"),
-        Block("p", "Rank of each optimizer's best entry on each problem (1 = best; ties share the average rank; "
-                   "an entry whose seeds all diverged ranks last), the mean over the problems it ran, "
-                   f"the performance-profile score and the probability that one of its runs beats one of {BASELINE}'s."),
+        Block(
+            "p",
+            "Rank of each optimizer's best entry on each problem (1 = best; ties share the average rank; "
+            "an entry whose seeds all diverged ranks last), the mean over the problems it ran, "
+            f"the performance-profile score and the probability that one of its runs beats one of {BASELINE}'s.",
+        ),
         Block("table", table=ranks),
         Block("h3", "Performance profile"),
-        Block("p", "Fraction of problems on which the optimizer is within a factor τ of the best: ratio "
-                   "r = 1 + (gap to the best mean) / |best mean|, i.e. value / best for a positive lower-is-better "
-                   f"metric; missing or diverged entries have r = ∞. Score = area under the profile over τ in [1, {stats.TAU_MAX:g}], "
-                   "normalised to [0, 1]."),
+        Block(
+            "p",
+            "Fraction of problems on which the optimizer is within a factor τ of the best: ratio "
+            "r = 1 + (gap to the best mean) / |best mean|, i.e. value / best for a positive lower-is-better "
+            f"metric; missing or diverged entries have r = ∞. Score = area under the profile over τ in [1, {stats.TAU_MAX:g}], "
+            "normalised to [0, 1].",
+        ),
         Block("table", table=prof),
         Block("img", "profile.png"),
     ]
 
 
 def method_note() -> str:
-    return (f"Mean over the seeds that completed; 95% CI = percentile bootstrap of that mean "
-            f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, RNG seed {stats.BOOTSTRAP_SEED}; '–' below 2 seeds; with 3 seeds "
-            "it spans about the seeds' range). Diverged runs are counted in 'diverged', never averaged. steps/s = "
-            "optimizer steps per wall-clock second of the whole run (evaluation included). Optimizer state = bytes "
-            "of optimizer state tensors. ★ = best mean on the problem. Probability of improvement: P(run of A beats "
-            f"run of {BASELINE}), ties 1/2, a diverged run loses, averaged over problems (Agarwal et al. 2021).")
+    return (
+        f"Mean over the seeds that completed; 95% CI = percentile bootstrap of that mean "
+        f"({stats.BOOTSTRAP_RESAMPLES:,} resamples, RNG seed {stats.BOOTSTRAP_SEED}; '–' below 2 seeds; with 3 seeds "
+        "it spans about the seeds' range). Diverged runs are counted in 'diverged', never averaged. steps/s = "
+        "optimizer steps per wall-clock second of the whole run (evaluation included). Optimizer state = bytes "
+        "of optimizer state tensors. ★ = best mean on the problem. Probability of improvement: P(run of A beats "
+        f"run of {BASELINE}), ties 1/2, a diverged run loses, averaged over problems (Agarwal et al. 2021)."
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -188,13 +240,16 @@ def _duration(seconds: float) -> str:
 
 def _inapplicable_text(refused: pd.DataFrame) -> str:
     """One sentence naming the optimizers that refused a task's model, with their reasons."""
-    parts = [f"{opt} ({g.reason.iloc[0]}; {len(g)} run{'s' if len(g) > 1 else ''})"
-             for opt, g in refused.groupby("optimizer", sort=True)]
+    parts = [
+        f"{opt} ({g.reason.iloc[0]}; {len(g)} run{'s' if len(g) > 1 else ''})"
+        for opt, g in refused.groupby("optimizer", sort=True)
+    ]
     return "Not applicable here, so not ranked: " + "; ".join(parts) + "."
 
 
-def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None,
-          inapplicable: pd.DataFrame | None = None) -> list[Block]:
+def build(
+    runs: pd.DataFrame, filters: str = "", images: set[str] | None = None, inapplicable: pd.DataFrame | None = None
+) -> list[Block]:
     """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked);
     `inapplicable` holds the runs an optimizer refused (status not_applicable), named per task."""
     images = images if images is not None else set()
@@ -206,10 +261,17 @@ def build(runs: pd.DataFrame, filters: str = "", images: set[str] | None = None,
     table = entries(runs)
     n_div = int((runs.status == "diverged").sum())
     run_time = pd.to_numeric(runs.wall_time_s, errors="coerce").sum()
-    blocks.append(Block("p", f"{len(runs)} complete runs ({n_div} diverged) of {runs.task.nunique()} tasks and "
-                             f"{runs.optimizer.nunique()} optimizers; {_duration(run_time)} of run time (the runs' "
-                             f"wall-clock times added up)" + (f"; filters: {filters}" if filters else "") + "."
-                             + (f" {len(inapplicable)} runs were not applicable (named per task)." if len(inapplicable) else "")))
+    blocks.append(
+        Block(
+            "p",
+            f"{len(runs)} complete runs ({n_div} diverged) of {runs.task.nunique()} tasks and "
+            f"{runs.optimizer.nunique()} optimizers; {_duration(run_time)} of run time (the runs' "
+            f"wall-clock times added up)"
+            + (f"; filters: {filters}" if filters else "")
+            + "."
+            + (f" {len(inapplicable)} runs were not applicable (named per task)." if len(inapplicable) else ""),
+        )
+    )
     blocks += [b for b in _across_blocks(across(table)) if b.kind != "img" or b.text in images]
     for task, tg in table.groupby("task", sort=True):
         blocks.append(Block("h2", task))

@@ -6,6 +6,7 @@ paper uses runs torch AdamW with weight decay 0), and Adam/AdamW with the task's
 clipping on is "Adam + GradClip". Comparable only when a run used the scale's full budget (its
 problem settings are 'defaults'); the table says so otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,20 @@ BF16_SOURCE = "Stable-SPAM, arXiv 2502.17055, Table 2 (GaLore row: GaLore paper,
 
 # Stable-SPAM (arXiv 2502.17055) Table 1: C4, 2.2B tokens, perplexity.
 LOW_BIT = {
-    "int4": {"Adam": {"130m": 26.4, "350m": 24.14, "1b": 21.59}, "Adam + GradClip": {"130m": 26.30, "350m": 21.64, "1b": 19.74},
-             "Adafactor": {"130m": 25.11, "350m": 20.45, "1b": 20.65}, "SPAM": {"130m": 25.03, "350m": 20.19, "1b": 19.98},
-             "Stable-SPAM": {"130m": 24.33, "350m": 17.76, "1b": 17.42}},
-    "fp4": {"Adam": {"130m": 28.9, "350m": 24.59, "1b": 22.01}, "Adam + GradClip": {"130m": 28.27, "350m": 20.84, "1b": 20.25},
-            "Adafactor": {"130m": 26.89, "350m": 20.53, "1b": 20.03}, "SPAM": {"130m": 26.78, "350m": 20.35, "1b": 19.74},
-            "Stable-SPAM": {"130m": 26.31, "350m": 19.49, "1b": 18.48}},
+    "int4": {
+        "Adam": {"130m": 26.4, "350m": 24.14, "1b": 21.59},
+        "Adam + GradClip": {"130m": 26.30, "350m": 21.64, "1b": 19.74},
+        "Adafactor": {"130m": 25.11, "350m": 20.45, "1b": 20.65},
+        "SPAM": {"130m": 25.03, "350m": 20.19, "1b": 19.98},
+        "Stable-SPAM": {"130m": 24.33, "350m": 17.76, "1b": 17.42},
+    },
+    "fp4": {
+        "Adam": {"130m": 28.9, "350m": 24.59, "1b": 22.01},
+        "Adam + GradClip": {"130m": 28.27, "350m": 20.84, "1b": 20.25},
+        "Adafactor": {"130m": 26.89, "350m": 20.53, "1b": 20.03},
+        "SPAM": {"130m": 26.78, "350m": 20.35, "1b": 19.74},
+        "Stable-SPAM": {"130m": 26.31, "350m": 19.49, "1b": 18.48},
+    },
 }
 LOW_BIT_SOURCE = "Stable-SPAM, arXiv 2502.17055, Table 1"
 # SPAM paper (arXiv 2501.06842) Figure 1, middle row (20K steps), read off: the 8-bit curves, and 4-bit at 60M
@@ -48,12 +57,25 @@ FIGURE1_SOURCE = "SPAM paper, arXiv 2501.06842, Figure 1, read off (~)"
 FORMATS = {"w4a4": "int4", "int4": "int4", "fp4": "fp4", "w8a8": "int8", "int8": "int8"}
 
 # SPAM paper (arXiv 2501.06842), PPO on MuJoCo figure: approximate final test reward at epoch 100.
-RL = {"Hopper": {"Adam": 2900, "SPAM": 3300}, "Ant": {"Adam": 3800, "SPAM": 4200},
-      "HalfCheetah": {"Adam": 5800, "SPAM": 7500}}
+RL = {
+    "Hopper": {"Adam": 2900, "SPAM": 3300},
+    "Ant": {"Adam": 3800, "SPAM": 4200},
+    "HalfCheetah": {"Adam": 5800, "SPAM": 7500},
+}
 RL_SOURCE = "SPAM paper, arXiv 2501.06842, PPO figure, read off (~)"
 
-NAMES = {"adam": "Adam", "adamw": "Adam", "adam_clip": "Adam + GradClip", "spam": "SPAM", "adam_mini": "Adam-mini", "adam-mini": "Adam-mini",
-         "adafactor": "Adafactor", "stable_spam": "Stable-SPAM", "stablespam": "Stable-SPAM", "galore": "GaLore"}
+NAMES = {
+    "adam": "Adam",
+    "adamw": "Adam",
+    "adam_clip": "Adam + GradClip",
+    "spam": "SPAM",
+    "adam_mini": "Adam-mini",
+    "adam-mini": "Adam-mini",
+    "adafactor": "Adafactor",
+    "stable_spam": "Stable-SPAM",
+    "stablespam": "Stable-SPAM",
+    "galore": "GaLore",
+}
 
 
 def paper_name(optimizer: str, grad_clip: Any = None) -> str | None:
@@ -68,8 +90,10 @@ def published(task: str, scale: str, task_config: dict) -> tuple[dict[str, float
     size = scale.removeprefix("paper-")
     if task in ("llm", "llm4bit") and scale.startswith("paper-"):
         fmt = next((FORMATS[str(v).lower()] for v in task_config.values() if str(v).lower() in FORMATS), None)
-        for table, source, approx in ((LOW_BIT.get(fmt or "", {}), LOW_BIT_SOURCE, False),
-                                      (FIGURE1.get(fmt or "", {}), FIGURE1_SOURCE, True)):
+        for table, source, approx in (
+            (LOW_BIT.get(fmt or "", {}), LOW_BIT_SOURCE, False),
+            (FIGURE1.get(fmt or "", {}), FIGURE1_SOURCE, True),
+        ):
             numbers = {k: v[size] for k, v in table.items() if size in v}
             if numbers:
                 return numbers, f"{source}, {fmt.upper()}", approx
@@ -94,10 +118,16 @@ def blocks(task: str, scale: str, problem: str, entries: pd.DataFrame) -> list:
     for _, e in entries.iterrows():
         name = paper_name(e["optimizer"], e.get("grad_clip"))
         if name in numbers and name not in ours:  # entries are in rank order: the best recipe speaks
-            ours[name] = f"{fmt(e['mean'])} ({e['optimizer']}, {e['n']} seed{'s' if e['n'] > 1 else ''})" if e["n"] else f"diverged ({e['optimizer']})"
+            ours[name] = (
+                f"{fmt(e['mean'])} ({e['optimizer']}, {e['n']} seed{'s' if e['n'] > 1 else ''})"
+                if e["n"]
+                else f"diverged ({e['optimizer']})"
+            )
     if not ours:
         return []
-    rows = [[name, ("~" if approx else "") + f"{value:g}", ours.get(name, "not run")] for name, value in numbers.items()]
+    rows = [
+        [name, ("~" if approx else "") + f"{value:g}", ours.get(name, "not run")] for name, value in numbers.items()
+    ]
     note = f"Published numbers ({source}) beside ours."
     if problem != "defaults":
         note += f" Our runs changed the scale's settings ({problem}), so they are not the paper's budget."

@@ -2,6 +2,7 @@
 distributions per optimizer, and the performance profile. Never shows a window; writes only into the
 folder it is given and returns the file names it wrote.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -10,12 +11,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from spam_bench.reports import stats  # noqa: E402
-from spam_bench.reports.leaderboard import Across, problem_label, problem_slug  # noqa: E402
+from spam_bench.reports import stats
+from spam_bench.reports.leaderboard import Across, problem_label, problem_slug
 
 MAX_POINTS = 200  # curves are averaged into at most this many step bins before banding: readable, fast
 DPI = 90
@@ -84,7 +85,10 @@ def curves(long: pd.DataFrame, entries: pd.DataFrame, colors: dict[str, str], ou
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: mean over complete seeds, 95% bootstrap band", fontsize=10)
+    fig.suptitle(
+        f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: mean over complete seeds, 95% bootstrap band",
+        fontsize=10,
+    )
     fig.tight_layout()
     name = f"curves-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png"
     fig.savefig(out / name, dpi=DPI)
@@ -108,11 +112,17 @@ def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
             ax.errorbar([i + 0.3], [e["mean"]], yerr=err, fmt="D", color="black", ms=4, capsize=3, zorder=4)
         for k in range(int(e["diverged"])):
             ax.scatter([i + 0.1 * k], [top], marker="x", color="red", s=30, zorder=5)
-    ax.set_xticks(range(len(entries)), [_entry_label(o, r) for o, r in zip(entries["optimizer"], entries["recipe"])],
-                  rotation=20 if len(entries) > 4 else 0, fontsize=8)
+    ax.set_xticks(
+        range(len(entries)),
+        [_entry_label(o, r) for o, r in zip(entries["optimizer"], entries["recipe"])],
+        rotation=20 if len(entries) > 4 else 0,
+        fontsize=8,
+    )
     better = "lower" if e0["direction"] == "min" else "higher"
-    ax.set(ylabel=f"{e0['metric']} ({better} is better)",
-           title=f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: final values (x = diverged)")
+    ax.set(
+        ylabel=f"{e0['metric']} ({better} is better)",
+        title=f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: final values (x = diverged)",
+    )
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -125,10 +135,20 @@ def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
 def profile(a: Across, colors: dict[str, str], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for o in a.mean_rank.index:
-        ax.step(stats.TAU_GRID, a.profile[o], where="post", color=colors[o], lw=1.6,
-                label=f"{o} (score {stats.profile_score(a.profile[o]):.2f})")
-    ax.set(xlabel="τ (ratio to the best entry on a problem)", ylabel="fraction of problems", ylim=(-0.03, 1.03),
-           title=f"Performance profile over {len(a.problems)} problems")
+        ax.step(
+            stats.TAU_GRID,
+            a.profile[o],
+            where="post",
+            color=colors[o],
+            lw=1.6,
+            label=f"{o} (score {stats.profile_score(a.profile[o]):.2f})",
+        )
+    ax.set(
+        xlabel="τ (ratio to the best entry on a problem)",
+        ylabel="fraction of problems",
+        ylim=(-0.03, 1.03),
+        title=f"Performance profile over {len(a.problems)} problems",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -15,10 +15,11 @@
 
 This module knows nothing about the results store or formatting.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -37,8 +38,12 @@ def sign(direction: str) -> float:
     return 1.0 if direction == "min" else -1.0
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
     """Percentile-bootstrap CI of the mean; (nan, nan) below 2 values (no spread to resample)."""
     x = np.asarray(values, dtype=float)
     if x.size < 2:
@@ -50,8 +55,9 @@ def bootstrap_ci(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
     return float(lo), float(hi)
 
 
-def bootstrap_band(curves: np.ndarray, resamples: int = 1000, seed: int = BOOTSTRAP_SEED,
-                   confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_band(
+    curves: np.ndarray, resamples: int = 1000, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-column percentile-bootstrap CI of the mean of `curves` (seeds x steps), for plot bands.
 
     Fewer resamples than the tables: a band is read by eye. NaN cells (a seed that stopped logging)
@@ -83,8 +89,9 @@ def ratios(means: Mapping[str, float], direction: str) -> dict[str, float]:
     return {k: (1.0 + s * (v - best) / scale) if k in finite else float("inf") for k, v in means.items()}
 
 
-def performance_profile(ratio_table: Mapping[str, Mapping[str, float]], optimizers: Iterable[str],
-                        taus: np.ndarray = TAU_GRID) -> dict[str, np.ndarray]:
+def performance_profile(
+    ratio_table: Mapping[str, Mapping[str, float]], optimizers: Iterable[str], taus: np.ndarray = TAU_GRID
+) -> dict[str, np.ndarray]:
     """rho_o(tau) over problems: {optimizer: fraction of problems with ratio <= tau, per tau}.
 
     `ratio_table` is {problem: {optimizer: ratio}}; an optimizer absent from a problem counts as inf."""

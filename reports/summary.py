@@ -4,12 +4,13 @@ The long format (one row per run x split x metric x step) is what every later vi
 it is saved as parquet so notebooks can read the same numbers the tables show. `select` applies the
 report's filters (--task/--opt/--scale/--since); the leaderboard (reports/leaderboard.py) builds on both.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
@@ -19,8 +20,23 @@ from spam_bench.suite.results import SPEC, SUMMARY, RunStore, read_json, read_me
 
 # Every long row carries what is needed to tell runs apart without a join: the canonical
 # hyperparameters (overrides, opt_hparams), the effective optimizer config, versions, commit, hardware.
-RUN_COLUMNS = ["run_id", "task", "optimizer", "seed", "scale", "device", "status", "settings", "git_commit", "code_id",
-               "overrides", "opt_hparams", "optimizer_config", "versions", "hardware"]
+RUN_COLUMNS = [
+    "run_id",
+    "task",
+    "optimizer",
+    "seed",
+    "scale",
+    "device",
+    "status",
+    "settings",
+    "git_commit",
+    "code_id",
+    "overrides",
+    "opt_hparams",
+    "optimizer_config",
+    "versions",
+    "hardware",
+]
 # Task fields that belong to the optimizer's recipe rather than to the problem: the learning rate is
 # tuned per optimizer (`spambench tune`), so runs that differ only in it compete in one table.
 RECIPE_KEYS = ("lr",)
@@ -37,8 +53,9 @@ def _settings(summary: dict) -> str:
 
 def _problem(summary: dict) -> str:
     """The task settings that define the problem (quantization format, anomaly severity, budget...)."""
-    parts = [f"{k}={v}" for k, v in sorted(summary.get("overrides", {}).items())
-             if k not in RECIPE_KEYS + OPERATIONAL_KEYS]
+    parts = [
+        f"{k}={v}" for k, v in sorted(summary.get("overrides", {}).items()) if k not in RECIPE_KEYS + OPERATIONAL_KEYS
+    ]
     return ", ".join(parts) or "defaults"
 
 
@@ -64,15 +81,25 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     for run_dir in store.complete_runs():
         s = read_json(run_dir / SUMMARY)
         spec = read_json(run_dir / SPEC) if (run_dir / SPEC).exists() else {}
-        finished = datetime.fromtimestamp((run_dir / SUMMARY).stat().st_mtime, timezone.utc)
+        finished = datetime.fromtimestamp((run_dir / SUMMARY).stat().st_mtime, UTC)
         run = {
-            "run_id": s["run_id"], "task": s["task"], "optimizer": s["optimizer"], "seed": s["seed"],
-            "scale": s["scale"], "device": s.get("device", "cpu"), "status": s["status"],
-            "settings": _settings(s), "git_commit": (s.get("git") or {}).get("commit") or s.get("git_commit"),
+            "run_id": s["run_id"],
+            "task": s["task"],
+            "optimizer": s["optimizer"],
+            "seed": s["seed"],
+            "scale": s["scale"],
+            "device": s.get("device", "cpu"),
+            "status": s["status"],
+            "settings": _settings(s),
+            "git_commit": (s.get("git") or {}).get("commit") or s.get("git_commit"),
             "code_id": (s.get("code") or {}).get("id"),
-            "primary_metric": s["primary_metric"], "direction": s["direction"],
-            "value": s.get("value"), "diverged_step": s.get("diverged_step"), "reason": s.get("reason"),
-            "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
+            "primary_metric": s["primary_metric"],
+            "direction": s["direction"],
+            "value": s.get("value"),
+            "diverged_step": s.get("diverged_step"),
+            "reason": s.get("reason"),
+            "steps": s.get("steps"),
+            "wall_time_s": s.get("wall_time_s"),
             "optimizer_state_bytes": s.get("optimizer_state_bytes"),
             "opt_hparams": json.dumps(s.get("opt_hparams", {}), sort_keys=True),
             "overrides": json.dumps(s.get("overrides", {}), sort_keys=True),
@@ -80,24 +107,48 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             "hardware": json.dumps(s.get("hardware", {}), sort_keys=True),
             "optimizer_config": json.dumps(spec.get("optimizer_config", {}), sort_keys=True),
             "task_config": json.dumps(spec.get("task_config", {}), sort_keys=True),
-            "problem": _problem(s), "problem_key": _problem_key(s, spec), "recipe": _recipe(s), "grad_clip": s.get("grad_clip"),
-            "tokens_per_s": s.get("tokens_per_s"), "finished_at": finished.isoformat(timespec="seconds"),
-            **{k: (json.dumps(s[k], sort_keys=True) if s.get(k) is not None else None)
-               for k in ("gss_spikes", "clipped_entries", "spike_events")},
-            "robustness": s.get("robustness"), "recovery_steps_mean": s.get("recovery_steps_mean"),
+            "problem": _problem(s),
+            "problem_key": _problem_key(s, spec),
+            "recipe": _recipe(s),
+            "grad_clip": s.get("grad_clip"),
+            "tokens_per_s": s.get("tokens_per_s"),
+            "finished_at": finished.isoformat(timespec="seconds"),
+            **{
+                k: (json.dumps(s[k], sort_keys=True) if s.get(k) is not None else None)
+                for k in ("gss_spikes", "clipped_entries", "spike_events")
+            },
+            "robustness": s.get("robustness"),
+            "recovery_steps_mean": s.get("recovery_steps_mean"),
         }
         runs.append(run)
         base = {k: run[k] for k in RUN_COLUMNS}
         for m in read_metrics(run_dir):
-            rows.append({**base, "split": m["split"], "name": m["name"], "step": m["step"],
-                         "value": m["value"], "wall": m["wall"]})
-        rows.append({**base, "split": "final", "name": s["primary_metric"], "step": s.get("steps"),
-                     "value": s.get("value"), "wall": s.get("wall_time_s")})
-    long_columns = RUN_COLUMNS + ["split", "name", "step", "value", "wall"]
+            rows.append(
+                {
+                    **base,
+                    "split": m["split"],
+                    "name": m["name"],
+                    "step": m["step"],
+                    "value": m["value"],
+                    "wall": m["wall"],
+                }
+            )
+        rows.append(
+            {
+                **base,
+                "split": "final",
+                "name": s["primary_metric"],
+                "step": s.get("steps"),
+                "value": s.get("value"),
+                "wall": s.get("wall_time_s"),
+            }
+        )
+    long_columns = [*RUN_COLUMNS, "split", "name", "step", "value", "wall"]
     runs_df = pd.DataFrame(runs)
     if not runs_df.empty:  # one label per problem: the shortest way its runs spell it
         runs_df["problem"] = runs_df.groupby(["task", "scale", "problem_key"])["problem"].transform(
-            lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t)))
+            lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t))
+        )
     return runs_df, pd.DataFrame(rows, columns=long_columns)
 
 
@@ -112,9 +163,14 @@ def current_code(runs: pd.DataFrame) -> pd.Series:
             current[(task, opt)] = code_of(task, opt)["id"]
         except ConfigError:
             current[(task, opt)] = None
-    return pd.Series([code is not None and code == current[(t, o)]
-                      for t, o, code in runs[["task", "optimizer", "code_id"]].itertuples(index=False)],
-                     index=runs.index, dtype=bool)
+    return pd.Series(
+        [
+            code is not None and code == current[(t, o)]
+            for t, o, code in runs[["task", "optimizer", "code_id"]].itertuples(index=False)
+        ],
+        index=runs.index,
+        dtype=bool,
+    )
 
 
 def mixed_code(runs: pd.DataFrame) -> list[str]:
@@ -127,7 +183,7 @@ def mixed_code(runs: pd.DataFrame) -> list[str]:
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`--since`: an ISO date or datetime (UTC unless it says otherwise), or an age such as 7d or 12h."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhm])\s*", str(text))
     if age:
         unit = {"d": "days", "h": "hours", "m": "minutes"}[age.group(2)]
@@ -135,16 +191,25 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     try:
         when = datetime.fromisoformat(str(text).strip())
     except ValueError:
-        raise ConfigError("since", text, "an ISO date or datetime (2025-06-01, 2025-06-01T12:00) or an age (7d, 12h, 30m)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        raise ConfigError(
+            "since", text, "an ISO date or datetime (2025-06-01, 2025-06-01T12:00) or an age (7d, 12h, 30m)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [n.strip() for n in str(text).split(",") if n.strip()]
 
 
-def select(runs: pd.DataFrame, long: pd.DataFrame, *, task: str | None = None, opt: str | None = None,
-           scale: str | None = None, since: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select(
+    runs: pd.DataFrame,
+    long: pd.DataFrame,
+    *,
+    task: str | None = None,
+    opt: str | None = None,
+    scale: str | None = None,
+    since: str | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the runs matching every given filter (comma-separated names; `since` compares the time the
     run's summary.json was written); `long` follows `runs`."""
     cutoff = parse_since(since) if since is not None else None  # a bad value fails even on an empty store
@@ -166,14 +231,19 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     groups = runs.groupby(["task", "scale", "settings", "optimizer"], sort=True)
-    out = groups.apply(lambda g: pd.Series({
-        "metric": g["primary_metric"].iloc[0],
-        "direction": g["direction"].iloc[0],
-        "mean": g.loc[g.status == "complete", "value"].astype(float).mean(),
-        "std": g.loc[g.status == "complete", "value"].astype(float).std(ddof=1),
-        "n_seeds": int(g["seed"].nunique()),
-        "diverged": int((g.status == "diverged").sum()),
-    }), include_groups=False)
+    out = groups.apply(
+        lambda g: pd.Series(
+            {
+                "metric": g["primary_metric"].iloc[0],
+                "direction": g["direction"].iloc[0],
+                "mean": g.loc[g.status == "complete", "value"].astype(float).mean(),
+                "std": g.loc[g.status == "complete", "value"].astype(float).std(ddof=1),
+                "n_seeds": int(g["seed"].nunique()),
+                "diverged": int((g.status == "diverged").sum()),
+            }
+        ),
+        include_groups=False,
+    )
     return out.reset_index()
 
 
@@ -188,9 +258,12 @@ def to_markdown(table: pd.DataFrame) -> str:
     for (task, scale, settings), g in table.groupby(["task", "scale", "settings"], sort=True):
         metric, direction = g["metric"].iloc[0], g["direction"].iloc[0]
         better = "lower" if direction == "min" else "higher"
-        lines += [f"## {task} ({scale}; {settings})", "",
-                  f"| optimizer | {metric} mean ({better} is better) | std | seeds | diverged |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## {task} ({scale}; {settings})",
+            "",
+            f"| optimizer | {metric} mean ({better} is better) | std | seeds | diverged |",
+            "|---|---|---|---|---|",
+        ]
         for _, r in g.sort_values("mean", ascending=direction == "min").iterrows():
             lines.append(f"| {r.optimizer} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {r.n_seeds} | {r.diverged} |")
         lines.append("")

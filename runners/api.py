@@ -11,13 +11,15 @@ same code path and results store as `spambench run`: a result from here and one 
 same result. Ray workers are other processes and cannot see optimizers registered here; sweeps carry
 them by import path when their module is importable, and refuse them in one line otherwise.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, cast
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -57,12 +59,15 @@ class RunResult:
 
     def __repr__(self) -> str:
         shown = f"{self.value:.4g}" if isinstance(self.value, float) and math.isfinite(self.value) else "n/a"
-        return (f"RunResult({self.task} {self.optimizer} seed {self.seed}: {self.metric} = {shown}, "
-                f"{self.status}{', reused' if self.reused else ''}; {self.run_dir})")
+        return (
+            f"RunResult({self.task} {self.optimizer} seed {self.seed}: {self.metric} = {shown}, "
+            f"{self.status}{', reused' if self.reused else ''}; {self.run_dir})"
+        )
 
 
 def _config_for(name: str, kwargs: Mapping[str, Any]) -> type:
     """A config dataclass whose fields are the given keyword arguments, with them as defaults."""
+
     def kind(value: Any) -> Any:
         return type(value) if isinstance(value, (bool, int, float, str)) else Any
 
@@ -70,8 +75,11 @@ def _config_for(name: str, kwargs: Mapping[str, Any]) -> type:
     return dataclasses.make_dataclass(f"{name}Config", fields)
 
 
-def as_spec(optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
-            name: str | None = None, kwargs: Mapping[str, Any] | None = None) -> OptimizerSpec:
+def as_spec(
+    optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
+    name: str | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> OptimizerSpec:
     """An `OptimizerSpec` for a class, a factory or a spec (kwargs become its hyperparameters)."""
     if isinstance(optimizer, OptimizerSpec):
         return optimizer
@@ -86,17 +94,32 @@ def as_spec(optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..
             return cls([p for p in model.parameters() if p.requires_grad], lr=lr, **hp)
 
         factory.__module__ = cls.__module__
-        return OptimizerSpec(name=label, factory=factory, config_cls=_config_for(label, kwargs),
-                             description=f"{cls.__module__}.{cls.__qualname__}")
+        return OptimizerSpec(
+            name=label,
+            factory=factory,
+            config_cls=_config_for(label, kwargs),
+            description=f"{cls.__module__}.{cls.__qualname__}",
+        )
     if callable(optimizer):
-        return OptimizerSpec(name=label, factory=cast(Callable[..., torch.optim.Optimizer], optimizer), config_cls=_config_for(label, kwargs),
-                             description=f"factory {getattr(optimizer, '__module__', '?')}.{label}")
-    raise ConfigError("optimizer", optimizer, "a registered name, an OptimizerSpec, a torch.optim.Optimizer "
-                      "subclass or a factory (model, model_info, *, lr) -> Optimizer")
+        return OptimizerSpec(
+            name=label,
+            factory=cast(Callable[..., torch.optim.Optimizer], optimizer),
+            config_cls=_config_for(label, kwargs),
+            description=f"factory {getattr(optimizer, '__module__', '?')}.{label}",
+        )
+    raise ConfigError(
+        "optimizer",
+        optimizer,
+        "a registered name, an OptimizerSpec, a torch.optim.Optimizer "
+        "subclass or a factory (model, model_info, *, lr) -> Optimizer",
+    )
 
 
-def register_optimizer(optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
-                       name: str | None = None, **kwargs: Any) -> str:
+def register_optimizer(
+    optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
+    name: str | None = None,
+    **kwargs: Any,
+) -> str:
     """Register an optimizer in this process and return its name.
 
     Visible to `run`, `compare` and `spambench` commands run in this process. Ray workers are other
@@ -108,8 +131,11 @@ def register_optimizer(optimizer: OptimizerSpec | type[torch.optim.Optimizer] | 
     existing = OPTIMIZERS.registered(spec.name)
     same_source = OPTIMIZERS.local.get(spec.name, (None,))[0] is optimizer  # a notebook cell run again
     if existing is not None and existing is not spec and not same_source:
-        raise ConfigError("optimizer", spec.name, "a name not taken by another registered optimizer "
-                          f"(pass name=...; taken: {', '.join(OPTIMIZERS.names())})")
+        raise ConfigError(
+            "optimizer",
+            spec.name,
+            f"a name not taken by another registered optimizer (pass name=...; taken: {', '.join(OPTIMIZERS.names())})",
+        )
     module = getattr(optimizer, "__module__", None) or spec.module
     OPTIMIZERS.register(spec.name, spec, module=module, source=optimizer, kwargs=kwargs)
     return spec.name
@@ -118,15 +144,27 @@ def register_optimizer(optimizer: OptimizerSpec | type[torch.optim.Optimizer] | 
 def _name_of(optimizer: OptimizerLike, kwargs: Mapping[str, Any] | None) -> str:
     if isinstance(optimizer, str):
         if kwargs:
-            raise ConfigError("optimizer_kwargs", dict(kwargs), "overrides as opt.<field> in `overrides` "
-                              f"for a registered optimizer ({optimizer})")
+            raise ConfigError(
+                "optimizer_kwargs",
+                dict(kwargs),
+                f"overrides as opt.<field> in `overrides` for a registered optimizer ({optimizer})",
+            )
         return optimizer
     return register_optimizer(optimizer, **dict(kwargs or {}))
 
 
-def run(task: str, optimizer: OptimizerLike, *, seed: int = 0, scale: str = "tiny",
-        overrides: Mapping[str, Any] | None = None, optimizer_kwargs: Mapping[str, Any] | None = None,
-        out: str | Path | None = None, device: str = "cpu", force: bool = False) -> RunResult:
+def run(
+    task: str,
+    optimizer: OptimizerLike,
+    *,
+    seed: int = 0,
+    scale: str = "tiny",
+    overrides: Mapping[str, Any] | None = None,
+    optimizer_kwargs: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    force: bool = False,
+) -> RunResult:
     """Run (or resume, or reuse) one task on one optimizer; the same as `spambench run`.
 
     `overrides` are `--set` values: task fields (`steps`, `lr`, ...) and optimizer hyperparameters
@@ -140,22 +178,41 @@ def run(task: str, optimizer: OptimizerLike, *, seed: int = 0, scale: str = "tin
     resolved = resolve(task=task, optimizer=name, seed=seed, scale=scale, sets=sets, device=device)
     store = RunStore(out_root(None if out is None else str(out)))
     summary, run_dir, reused = execute(resolved, store, force=force)
-    return RunResult(task=task, optimizer=name, seed=resolved.spec.seed, status=summary["status"],
-                     metric=summary["primary_metric"], direction=summary["direction"], value=summary.get("value"),
-                     summary=summary, run_dir=run_dir, reused=reused)
+    return RunResult(
+        task=task,
+        optimizer=name,
+        seed=resolved.spec.seed,
+        status=summary["status"],
+        metric=summary["primary_metric"],
+        direction=summary["direction"],
+        value=summary.get("value"),
+        summary=summary,
+        run_dir=run_dir,
+        reused=reused,
+    )
 
 
-def compare(task: str, optimizers: Sequence[OptimizerLike], *, seeds: Sequence[int] = (0, 1, 2),
-            scale: str = "tiny", overrides: Mapping[str, Any] | None = None, out: str | Path | None = None,
-            device: str = "cpu") -> pd.DataFrame:
+def compare(
+    task: str,
+    optimizers: Sequence[OptimizerLike],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    scale: str = "tiny",
+    overrides: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
     """Run every optimizer on every seed here, one after another, and return the leaderboard table.
 
     One row per optimizer (and recipe): mean and 95% bootstrap CI of the primary metric over the
     seeds, seeds, diverged runs, speed, optimizer-state bytes and rank, exactly as `spambench report`
     computes them. Runs already complete with the current code are reused.
     """
-    results = [run(task, opt, seed=s, scale=scale, overrides=overrides, out=out, device=device)
-               for opt in optimizers for s in seeds]
+    results = [
+        run(task, opt, seed=s, scale=scale, overrides=overrides, out=out, device=device)
+        for opt in optimizers
+        for s in seeds
+    ]
     runs, _ = load_runs(RunStore(results[0].run_dir.parents[2]))
     runs = runs[runs.run_id.isin({r.run_dir.name for r in results}) & (runs.task == task)]
     return entries(runs.reset_index(drop=True)).reset_index(drop=True)

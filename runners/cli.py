@@ -3,14 +3,16 @@
 Every user error (unknown name, bad value, malformed flag) prints ONE line naming the field, the
 value and what is allowed, exits with status 2, and writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from spam_bench.suite.config import field_docs, parse_assignments
 from spam_bench.suite.errors import ConfigError
@@ -51,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--opt", required=True, help="a registered optimizer (see `spambench list`)")
     run.add_argument("--seed", default="0", help="random seed, an int >= 0")
     run.add_argument("--scale", default="tiny", help="a scale of the task (tiny, paper-60m, ...)")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override a task field, or an optimizer hyperparameter as opt.KEY=VALUE (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a task field, or an optimizer hyperparameter as opt.KEY=VALUE (repeatable)",
+    )
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     run.add_argument("--force", action="store_true", help="discard an existing run folder and start over")
@@ -61,14 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--task", required=True)
     sw.add_argument("--opt", required=True, help="comma-separated optimizers, e.g. spam,adamw")
     sw.add_argument("--seeds", default="0", help="seed ranges and lists, e.g. 0-4 or 0,2,5-7")
-    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (task key or opt.KEY); repeatable")
+    sw.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (task key or opt.KEY); repeatable"
+    )
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run; repeatable")
     sw.add_argument("--scale", default="tiny")
     sw.add_argument("--device", default="cpu")
-    sw.add_argument("--from-tuning", action="store_true", help="use each optimizer's best configuration from `spambench tune`")
+    sw.add_argument(
+        "--from-tuning", action="store_true", help="use each optimizer's best configuration from `spambench tune`"
+    )
     _ray_flags(sw)
 
-    tn = sub.add_parser("tune", help="the same number of quasi-random trials per optimizer from its search space (ASHA)")
+    tn = sub.add_parser(
+        "tune", help="the same number of quasi-random trials per optimizer from its search space (ASHA)"
+    )
     tn.add_argument("--task", required=True)
     tn.add_argument("--opt", required=True, help="comma-separated optimizers")
     tn.add_argument("--trials", default="8", help="trials per optimizer")
@@ -82,9 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--task", help="only these tasks (comma-separated)")
     rep.add_argument("--opt", help="only these optimizers (comma-separated)")
     rep.add_argument("--scale", help="only these scales (comma-separated)")
-    rep.add_argument("--since", help="only runs finished since an ISO date/time (2025-06-01) or within an age (7d, 12h)")
-    rep.add_argument("--all-code", action="store_true",
-                     help="also runs made by other code versions (default: only the current code's runs)")
+    rep.add_argument(
+        "--since", help="only runs finished since an ISO date/time (2025-06-01) or within an age (7d, 12h)"
+    )
+    rep.add_argument(
+        "--all-code",
+        action="store_true",
+        help="also runs made by other code versions (default: only the current code's runs)",
+    )
 
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
@@ -92,8 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="optimizer step time and state memory on LLaMA-60M shapes", add_help=False)
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
 
-    check = sub.add_parser("check-optimizer", add_help=False,
-                           help="run the conformance kit on an optimizer (a registered name or module:attribute)")
+    check = sub.add_parser(
+        "check-optimizer",
+        add_help=False,
+        help="run the conformance kit on an optimizer (a registered name or module:attribute)",
+    )
     check.add_argument("check_args", nargs=argparse.REMAINDER)
 
     fetch = sub.add_parser("fetch-data", help="download and verify a task's offline data")
@@ -106,8 +126,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from spam_bench.suite.resolve import resolve
     from spam_bench.suite.results import RunStore
 
-    run = resolve(task=args.task, optimizer=args.opt, seed=args.seed, scale=args.scale,
-                  sets=parse_assignments(args.set), device=args.device)
+    run = resolve(
+        task=args.task,
+        optimizer=args.opt,
+        seed=args.seed,
+        scale=args.scale,
+        sets=parse_assignments(args.set),
+        device=args.device,
+    )
     store = RunStore(out_root(args.out))
     try:
         summary, run_dir, cached = execute(run, store, force=args.force)
@@ -123,12 +149,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     extra += f": {summary['reason']}" if summary.get("reason") else ""
     speed = summary.get("tokens_per_s")
     speed_text = f", {speed:,.0f} tokens/s" if speed else ""
-    print(f"{run.spec.task} {run.spec.optimizer} seed {run.spec.seed}: {metric} = {shown} ({status}{extra}; "
-          f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {run_dir}")
+    print(
+        f"{run.spec.task} {run.spec.optimizer} seed {run.spec.seed}: {metric} = {shown} ({status}{extra}; "
+        f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {run_dir}"
+    )
     return 0
 
 
-def _ray_options(args: argparse.Namespace, out: Path, name: str) -> "SweepOptions":
+def _ray_options(args: argparse.Namespace, out: Path, name: str) -> SweepOptions:
     """Validate the Ray flags (one-line errors) and check the cluster address, before Ray starts."""
     from spam_bench.runners.ray_tune import SweepOptions, check_address
     from spam_bench.suite.config import coerce
@@ -145,15 +173,25 @@ def _ray_options(args: argparse.Namespace, out: Path, name: str) -> "SweepOption
         raise ConfigError("max-concurrent", max_conc, "an int >= 1")
     if args.address:
         check_address(args.address)
-    return SweepOptions(name=args.name or name, out=out, address=args.address, cpus_per_trial=cpus,
-                        gpus_per_trial=gpus, max_concurrent=max_conc, max_failures=max_fail, resume=args.resume)
+    return SweepOptions(
+        name=args.name or name,
+        out=out,
+        address=args.address,
+        cpus_per_trial=cpus,
+        gpus_per_trial=gpus,
+        max_concurrent=max_conc,
+        max_failures=max_fail,
+        resume=args.resume,
+    )
 
 
 def _print_trials(results: list[dict], name: str, where: Path) -> int:
     failed = [r for r in results if r.get("error")]
     for r in results:
-        print(f"  {r.get('run_id', '?')}: {r.get('status', 'stopped early' if not r.get('error') else 'error')} "
-              f"{r.get('value', '')} {r.get('error') or ''}".rstrip())
+        print(
+            f"  {r.get('run_id', '?')}: {r.get('status', 'stopped early' if not r.get('error') else 'error')} "
+            f"{r.get('value', '')} {r.get('error') or ''}".rstrip()
+        )
     print(f"{name}: {len(results) - len(failed)} trials finished, {len(failed)} failed; results in {where}")
     return 1 if failed else 0
 
@@ -166,8 +204,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out = out_root(args.out)
     optimizers = parse_list(args.opt, "opt")
     tuned = {o: load_best(out, args.task, args.scale, o) for o in optimizers} if args.from_tuning else None
-    runs = expand(task=args.task, optimizers=optimizers, seeds=parse_seeds(args.seeds), grid=parse_grid(args.grid),
-                  sets=parse_assignments(args.set), scale=args.scale, device=args.device, opt_sets=tuned)
+    runs = expand(
+        task=args.task,
+        optimizers=optimizers,
+        seeds=parse_seeds(args.seeds),
+        grid=parse_grid(args.grid),
+        sets=parse_assignments(args.set),
+        scale=args.scale,
+        device=args.device,
+        opt_sets=tuned,
+    )
     options = _ray_options(args, out, sweep_name(runs))
     store = RunStore(out)
     pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
@@ -189,9 +235,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     trials = coerce("trials", args.trials, int)
     if trials < 1:
         raise ConfigError("trials", trials, "an int >= 1")
-    runs, drawn = plan_trials(task=args.task, optimizers=parse_list(args.opt, "opt"), trials=trials,
-                              sets=parse_assignments(args.set), scale=args.scale, device=args.device)
-    options = _ray_options(args, tuning_store(out), "tune-" + sweep_name(runs)[len("sweep-"):])
+    runs, drawn = plan_trials(
+        task=args.task,
+        optimizers=parse_list(args.opt, "opt"),
+        trials=trials,
+        sets=parse_assignments(args.set),
+        scale=args.scale,
+        device=args.device,
+    )
+    options = _ray_options(args, tuning_store(out), "tune-" + sweep_name(runs)[len("sweep-") :])
     options.asha = (runs[0].task.primary_metric, runs[0].task.direction, runs[0].task.budget(runs[0].config))
     code = _print_trials(sweep(runs, options), options.name, tuning_store(out))
     for line, ok in save_best_trials(out, runs, drawn, trials):
@@ -203,8 +255,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from spam_bench.reports.build import write_leaderboard
 
-    markdown, report_dir = write_leaderboard(out_root(args.out), task=args.task, opt=args.opt, scale=args.scale,
-                                             since=args.since, all_code=args.all_code)
+    markdown, report_dir = write_leaderboard(
+        out_root(args.out), task=args.task, opt=args.opt, scale=args.scale, since=args.since, all_code=args.all_code
+    )
     print(markdown)
     print(f"written: {report_dir}/ (leaderboard.md, leaderboard.html, summary.md, results.parquet, *.png)")
     return 0
@@ -215,8 +268,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("tasks:")
         for name in TASKS.names():
             t = TASKS.get(name)
-            print(f"  {name:10s} {t.description}  [scales: {', '.join(t.scales())}; "
-                  f"metric: {t.primary_metric}, {'lower' if t.direction == 'min' else 'higher'} is better]")
+            print(
+                f"  {name:10s} {t.description}  [scales: {', '.join(t.scales())}; "
+                f"metric: {t.primary_metric}, {'lower' if t.direction == 'min' else 'higher'} is better]"
+            )
     if args.what in (None, "optimizers"):
         print("optimizers:")
         for name in OPTIMIZERS.names():
@@ -252,8 +307,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "tune": _cmd_tune, "report": _cmd_report, "list": _cmd_list, "perf": _cmd_perf,
-            "check-optimizer": _cmd_check, "fetch-data": _cmd_fetch}
+COMMANDS = {
+    "run": _cmd_run,
+    "sweep": _cmd_sweep,
+    "tune": _cmd_tune,
+    "report": _cmd_report,
+    "list": _cmd_list,
+    "perf": _cmd_perf,
+    "check-optimizer": _cmd_check,
+    "fetch-data": _cmd_fetch,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

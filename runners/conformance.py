@@ -16,6 +16,7 @@ that is not role-driven, a dtype the spec does not declare, a feature the spec l
 honours are the check names below and these feature names: `state_dict`, `closure`,
 `params_without_grad`, `lr_scheduler`, `add_param_group`, `state_bytes`, `no_attention`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +59,13 @@ TINY_SETTINGS: dict[str, dict[str, Any]] = {
     "stable_spam": {"reset_interval": 5},
 }
 BATCH = torch.randint(0, SHAPE.vocab_size, (4, SHAPE.max_seq_len + 1), generator=torch.Generator().manual_seed(1))
-INVALID_TARGET = ("a registered name or module:attribute naming an OptimizerSpec, a factory "
-                  "or a torch.optim.Optimizer subclass")
+INVALID_TARGET = (
+    "a registered name or module:attribute naming an OptimizerSpec, a factory or a torch.optim.Optimizer subclass"
+)
 
 
 # ---- the report ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -94,8 +97,10 @@ class ConformanceReport:
     def table(self) -> str:
         """A plain-text table, one row per check, under a one-line summary."""
         counts = {s: sum(r.status == s for r in self.results) for s in ("pass", "fail", "skip")}
-        head = (f"conformance of {self.optimizer}: {counts['pass']} passed, {counts['fail']} failed, "
-                f"{counts['skip']} skipped in {self.seconds:.1f} s")
+        head = (
+            f"conformance of {self.optimizer}: {counts['pass']} passed, {counts['fail']} failed, "
+            f"{counts['skip']} skipped in {self.seconds:.1f} s"
+        )
         width = max([len("check"), *(len(r.name) for r in self.results)])
         rows = [f"{'check':<{width}}  status  message"]
         rows += [f"{r.name:<{width}}  {r.status:<6}  {r.message}" for r in self.results]
@@ -123,6 +128,7 @@ def require(condition: bool, message: str) -> None:
 
 
 # ---- what is checked -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -171,10 +177,17 @@ def subject_of(target: Any, *, name: str | None = None, hparams: Mapping[str, An
     if isinstance(target, str):
         target = OPTIMIZERS.get(target)  # ConfigError naming the allowed values
     if isinstance(target, OptimizerSpec):
-        return Subject(name=name or target.name, factory=target.factory, hparams=_spec_hparams(target, hp),
-                       grad_clip=target.grad_clip, needs_roles=target.needs_roles,
-                       needs_closure=target.needs_closure, unsupported=dict(target.unsupported),
-                       dtypes=tuple(target.dtypes), spec_name=target.name)
+        return Subject(
+            name=name or target.name,
+            factory=target.factory,
+            hparams=_spec_hparams(target, hp),
+            grad_clip=target.grad_clip,
+            needs_roles=target.needs_roles,
+            needs_closure=target.needs_closure,
+            unsupported=dict(target.unsupported),
+            dtypes=tuple(target.dtypes),
+            spec_name=target.name,
+        )
     if isinstance(target, type) and issubclass(target, torch.optim.Optimizer):
         return Subject(name=name or target.__qualname__, factory=_class_factory(target), hparams=hp)
     if callable(target) and not isinstance(target, type):
@@ -183,6 +196,7 @@ def subject_of(target: Any, *, name: str | None = None, hparams: Mapping[str, An
 
 
 # ---- the toy problems ------------------------------------------------------------------------------------
+
 
 def tiny_llama(dtype: torch.dtype = torch.float32) -> Llama:
     """The same tiny LLaMA every time (seeded), so an original and a resumed run start equal."""
@@ -194,8 +208,13 @@ def loss_of(model: Llama) -> torch.Tensor:
     return model.loss(BATCH[:, :-1], BATCH[:, 1:])
 
 
-def train(model: Llama, opt: torch.optim.Optimizer, steps: int, subject: Subject,
-          before_step: Callable[[], None] | None = None) -> list[float]:
+def train(
+    model: Llama,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    subject: Subject,
+    before_step: Callable[[], None] | None = None,
+) -> list[float]:
     """The task loop: zero_grad, backward, the spec's clip, step; returns the loss before each step."""
     losses = []
     for _ in range(steps):
@@ -218,7 +237,9 @@ def params_of(model: torch.nn.Module) -> list[torch.Tensor]:
 def names_in_group_order(opt: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
     """The model's name for each parameter, in param_groups order (how state_dict numbers them)."""
     by_id = {id(p): n for n, p in model.named_parameters()}
-    return [by_id.get(id(p), f"<extra param {i}>") for i, p in enumerate(p for g in opt.param_groups for p in g["params"])]
+    return [
+        by_id.get(id(p), f"<extra param {i}>") for i, p in enumerate(p for g in opt.param_groups for p in g["params"])
+    ]
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -234,6 +255,7 @@ def _require_dtype(subject: Subject, dtype: str) -> None:
 
 
 # ---- the checks ------------------------------------------------------------------------------------------
+
 
 def loss_falls_on_a_toy_problem(subject: Subject, dtype: str) -> str:
     """12 steps must lower the loss clearly, and leave the parameters in their dtype."""
@@ -268,14 +290,16 @@ def _value_differences(a: Any, b: Any, depth: int = 0) -> str | None:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return f"length {len(a)} -> {len(b)}"
-        return next((f"[{i}] {d}" for i, (x, y) in enumerate(zip(a, b)) if (d := _value_differences(x, y, depth + 1))), None)
+        return next(
+            (f"[{i}] {d}" for i, (x, y) in enumerate(zip(a, b)) if (d := _value_differences(x, y, depth + 1))), None
+        )
     if type(a) is not type(b):
         return f"type {type(a).__name__} -> {type(b).__name__}"
     if hasattr(a, "__dict__") and not callable(a):
         return _value_differences(vars(a), vars(b), depth + 1)
     try:
         return None if a == b else f"{a!r} -> {b!r}"
-    except Exception:  # noqa: BLE001 - an object without a usable == has nothing to report
+    except Exception:
         return None
 
 
@@ -301,8 +325,10 @@ def state_differences(before: torch.optim.Optimizer, after: torch.optim.Optimize
         for key in sorted(set(ga) | set(gb), key=str):
             if key != "params" and (diff := _value_differences(ga.get(key), gb.get(key))) is not None:
                 found.setdefault(f"param_groups[{i}][{key!r}]: {diff}", []).append(f"group {i}")
-    return [f"{what} ({len(where)}/{len(names)} params, first {where[0]})" if not where[0].startswith("group ")
-            else what for what, where in found.items()]
+    return [
+        f"{what} ({len(where)}/{len(names)} params, first {where[0]})" if not where[0].startswith("group ") else what
+        for what, where in found.items()
+    ]
 
 
 def _parameter_differences(expected: list[torch.Tensor], model: torch.nn.Module) -> str | None:
@@ -328,15 +354,19 @@ def state_dict_round_trip_continues_bit_identically(subject: Subject, dtype: str
     buf.seek(0)
     try:  # torch.load's default since torch 2.6 (https://pytorch.org/docs/stable/generated/torch.load.html)
         saved = torch.load(buf, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling error is the finding
-        raise CheckFailed(f"state_dict does not load with torch.load(weights_only=True): {type(err).__name__}: {err}") from None
+    except Exception as err:
+        raise CheckFailed(
+            f"state_dict does not load with torch.load(weights_only=True): {type(err).__name__}: {err}"
+        ) from None
     resumed = tiny_llama(_dtype(dtype))
     resumed.load_state_dict(saved["model"])
     opt2 = subject.build(resumed)
     try:
         opt2.load_state_dict(saved["opt"])
-    except Exception as err:  # noqa: BLE001 - refusing its own state_dict is the finding
-        raise CheckFailed(f"a fresh optimizer's load_state_dict refused the saved state: {type(err).__name__}: {err}") from None
+    except Exception as err:
+        raise CheckFailed(
+            f"a fresh optimizer's load_state_dict refused the saved state: {type(err).__name__}: {err}"
+        ) from None
     diagnosis = state_differences(opt, opt2, names_in_group_order(opt, model))
 
     def failed(what: str) -> CheckFailed:
@@ -382,8 +412,8 @@ def parameters_without_grads_are_left_alone(subject: Subject) -> str:
     experts and the parameters a task masks out rely on it."""
     model: Any = tiny_llama()
     opt = subject.build(model)
-    never = model.layers[0].mlp.up_proj.weight        # no gradient ever
-    later = model.layers[0].self_attn.q_proj.weight   # gradients for 3 steps, then none
+    never = model.layers[0].mlp.up_proj.weight  # no gradient ever
+    later = model.layers[0].self_attn.q_proj.weight  # gradients for 3 steps, then none
     initial = never.detach().clone()
     train(model, opt, 3, subject, before_step=lambda: setattr(never, "grad", None))
     require(torch.equal(never, initial), "a parameter that never had a gradient moved")
@@ -480,15 +510,23 @@ def state_bytes_count_every_tensor_held(subject: Subject) -> str:
     own = _own_storages(model)
     in_state = held_tensors(dict(opt.state), own)
     counted = optimizer_state_bytes(opt)
-    require(counted == sum(in_state.values()),
-            f"optimizer_state_bytes says {counted} B, the tensors reachable from the state hold {sum(in_state.values())} B")
-    attrs = {k: v for k, v in vars(opt).items()
-             if k not in ("state", "param_groups", "defaults") and not k.startswith("_scratch")}
+    require(
+        counted == sum(in_state.values()),
+        f"optimizer_state_bytes says {counted} B, the tensors reachable from the state hold {sum(in_state.values())} B",
+    )
+    attrs = {
+        k: v
+        for k, v in vars(opt).items()
+        if k not in ("state", "param_groups", "defaults") and not k.startswith("_scratch")
+    }
     attrs["groups"] = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     outside = held_tensors(attrs, own | set(in_state))
     big = {k: v for k, v in outside.items() if v > 8}
-    require(not big, f"{len(big)} tensor(s) of {sum(big.values())} B held outside optimizer.state "
-                     f"(keep state in .state, or scratch in attributes named _scratch*)")
+    require(
+        not big,
+        f"{len(big)} tensor(s) of {sum(big.values())} B held outside optimizer.state "
+        f"(keep state in .state, or scratch in attributes named _scratch*)",
+    )
     return f"{counted} B counted = {len(in_state)} storages reachable from the state"
 
 
@@ -520,12 +558,27 @@ class RoleTreatment:
 ROLE_TREATMENTS: dict[str, RoleTreatment] = {
     "adam_mini": RoleTreatment(
         read=lambda opt, group, p, name: opt.block_of[name],  # type: ignore[attr-defined]
-        expected={"attn_q": "head", "attn_k": "head", "attn_v": "neuron", "attn_o": "neuron", "mlp": "neuron",
-                  "embedding": "neuron", "output": "neuron", "norm": "tensor"}),
-    "galore": RoleTreatment(read=lambda opt, group, p, name: "low-rank" if "rank" in group and p.ndim == 2 else "dense",
-                            expected={r: "low-rank" for r in MATRIX_ROLES}, default="dense"),
-    "spam_sparse": RoleTreatment(read=lambda opt, group, p, name: "masked" if "density" in group else "dense",
-                                 expected={r: "masked" for r in MATRIX_ROLES}, default="dense"),
+        expected={
+            "attn_q": "head",
+            "attn_k": "head",
+            "attn_v": "neuron",
+            "attn_o": "neuron",
+            "mlp": "neuron",
+            "embedding": "neuron",
+            "output": "neuron",
+            "norm": "tensor",
+        },
+    ),
+    "galore": RoleTreatment(
+        read=lambda opt, group, p, name: "low-rank" if "rank" in group and p.ndim == 2 else "dense",
+        expected={r: "low-rank" for r in MATRIX_ROLES},
+        default="dense",
+    ),
+    "spam_sparse": RoleTreatment(
+        read=lambda opt, group, p, name: "masked" if "density" in group else "dense",
+        expected={r: "masked" for r in MATRIX_ROLES},
+        default="dense",
+    ),
 }
 
 
@@ -539,8 +592,10 @@ def roles_put_each_parameter_in_exactly_one_block(subject: Subject) -> str:
     _require_roles(subject)
     treatment = ROLE_TREATMENTS.get(subject.spec_name or "")
     if treatment is None:
-        raise CheckSkipped(f"no reference role partition for {subject.spec_name or subject.name!r} (the kit has one for "
-                           f"{', '.join(sorted(ROLE_TREATMENTS))}); the group partition is checked above")
+        raise CheckSkipped(
+            f"no reference role partition for {subject.spec_name or subject.name!r} (the kit has one for "
+            f"{', '.join(sorted(ROLE_TREATMENTS))}); the group partition is checked above"
+        )
     model = tiny_llama()
     info = model.model_info()
     opt = subject.build(model)
@@ -564,8 +619,10 @@ def an_unclassified_weight_fails_loudly(subject: Subject) -> str:
     silently treating it as "everything else"."""
     _require_roles(subject)
     model = tiny_llama()
-    cases = [("layers.0.self_attn.q_proj.weight", "role 'other'", r"q_proj\.weight.*'other'"),
-             ("layers.0.mlp.up_proj.weight", "no role", r"up_proj\.weight.*no role")]
+    cases = [
+        ("layers.0.self_attn.q_proj.weight", "role 'other'", r"q_proj\.weight.*'other'"),
+        ("layers.0.mlp.up_proj.weight", "no role", r"up_proj\.weight.*no role"),
+    ]
     for pname, what, pattern in cases:
         info = model.model_info()
         if what == "no role":
@@ -575,8 +632,10 @@ def an_unclassified_weight_fails_loudly(subject: Subject) -> str:
         try:
             subject.build(model, info)
         except ValueError as err:
-            require(re.search(pattern, str(err)) is not None,
-                    f"{pname} with {what}: the ValueError does not name it ({err})")
+            require(
+                re.search(pattern, str(err)) is not None,
+                f"{pname} with {what}: the ValueError does not name it ({err})",
+            )
         else:
             raise CheckFailed(f"{pname} with {what}: built without a ValueError")
     return "a weight with role 'other' and one with no role are refused by name"
@@ -585,8 +644,9 @@ def an_unclassified_weight_fails_loudly(subject: Subject) -> str:
 def works_on_a_model_without_attention(subject: Subject) -> str:
     """The RL/TSF networks: an MLP whose roles come from `roles_by_rank`, trained 10 steps."""
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
-                              torch.nn.Linear(16, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
     try:
         opt = subject.build(net, roles_by_rank(net), lr=1e-2)
     except NotApplicable as err:
@@ -608,6 +668,7 @@ def works_on_a_model_without_attention(subject: Subject) -> str:
 
 # ---- running them ----------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Check:
     """A named check; `feature` is the `unsupported` key (besides its name) that turns it off."""
@@ -622,14 +683,25 @@ def checks_for(dtypes: Sequence[str]) -> list[Check]:
     for d in dtypes:
         _dtype(d)
     per_dtype = [(loss_falls_on_a_toy_problem, None), (state_dict_round_trip_continues_bit_identically, "state_dict")]
-    out = [Check(f"{fn.__name__}[{d}]", functools.partial(fn, dtype=d), feature) for fn, feature in per_dtype for d in dtypes]
-    return out + [
+    out = [
+        Check(f"{fn.__name__}[{d}]", functools.partial(fn, dtype=d), feature)
+        for fn, feature in per_dtype
+        for d in dtypes
+    ]
+    return [
+        *out,
         Check(closure_is_called_and_its_loss_returned.__name__, closure_is_called_and_its_loss_returned, "closure"),
-        Check(parameters_without_grads_are_left_alone.__name__, parameters_without_grads_are_left_alone,
-              "params_without_grad"),
+        Check(
+            parameters_without_grads_are_left_alone.__name__,
+            parameters_without_grads_are_left_alone,
+            "params_without_grad",
+        ),
         Check(lr_scheduler_change_takes_effect.__name__, lr_scheduler_change_takes_effect, "lr_scheduler"),
-        Check(add_param_group_trains_the_new_parameters.__name__, add_param_group_trains_the_new_parameters,
-              "add_param_group"),
+        Check(
+            add_param_group_trains_the_new_parameters.__name__,
+            add_param_group_trains_the_new_parameters,
+            "add_param_group",
+        ),
         Check(state_bytes_count_every_tensor_held.__name__, state_bytes_count_every_tensor_held, "state_bytes"),
         Check(every_parameter_lands_in_exactly_one_group.__name__, every_parameter_lands_in_exactly_one_group),
         Check(roles_put_each_parameter_in_exactly_one_block.__name__, roles_put_each_parameter_in_exactly_one_block),
@@ -657,7 +729,7 @@ def run_check(check: Check, subject: Subject) -> CheckResult:
         status, message = "skip", str(skip) or "does not apply"
     except AssertionError as err:
         status, message = "fail", str(err) or "assertion failed"
-    except Exception as err:  # noqa: BLE001 - whatever the optimizer raises is this check's failure
+    except Exception as err:
         status, message = "fail", f"{type(err).__name__}: {err}"
     return CheckResult(check.name, status, _one_line(message), time.perf_counter() - start)
 
@@ -673,8 +745,13 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def check_optimizer(target: Any, *, name: str | None = None, hparams: Mapping[str, Any] | None = None,
-                    dtypes: Sequence[str] = ("float32", "bfloat16")) -> ConformanceReport:
+def check_optimizer(
+    target: Any,
+    *,
+    name: str | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+) -> ConformanceReport:
     """Run every conformance check on `target` (a registered name, an OptimizerSpec, a factory
     `(model, model_info, *, lr, **hparams)` or a torch.optim.Optimizer subclass) and report each.
 
@@ -693,6 +770,7 @@ def check_optimizer(target: Any, *, name: str | None = None, hparams: Mapping[st
 
 
 # ---- `spambench check-optimizer` -------------------------------------------------------------------------
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error over several lines; spambench promises one."""
@@ -730,7 +808,7 @@ def resolve_target(text: str) -> Any:
         if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
             raise _invalid(text) from None
         raise _invalid(text, f"an importable module ({type(err).__name__}: {err})") from None
-    except Exception as err:  # noqa: BLE001 - the module exists but fails: say why, on one line
+    except Exception as err:
         raise _invalid(text, _one_line(f"an importable module ({type(err).__name__}: {err})")) from None
     obj: Any = module
     for part in attribute.split("."):
@@ -738,7 +816,11 @@ def resolve_target(text: str) -> Any:
             raise _invalid(text)
         obj = getattr(obj, part)
     is_class = isinstance(obj, type)
-    if isinstance(obj, OptimizerSpec) or (is_class and issubclass(obj, torch.optim.Optimizer)) or (callable(obj) and not is_class):
+    if (
+        isinstance(obj, OptimizerSpec)
+        or (is_class and issubclass(obj, torch.optim.Optimizer))
+        or (callable(obj) and not is_class)
+    ):
         return obj
     raise _invalid(text)
 
@@ -764,13 +846,19 @@ def hparams_from_flags(items: list[str] | None, target: Any) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """`spambench check-optimizer TARGET [--set opt.KEY=VALUE ...]`: print the table; 0 if every check
     passed or was skipped with a reason, 1 if one failed, 2 (one line on stderr) for a bad TARGET or flag."""
-    parser = _OneLineParser(prog="spambench check-optimizer",
-                            description="Run the optimizer conformance kit on a registered or importable optimizer.")
-    parser.add_argument("target", metavar="TARGET",
-                        help="a registered optimizer (e.g. adamw, po:lion) or module:attribute naming an "
-                             "OptimizerSpec, a factory or a torch.optim.Optimizer subclass")
-    parser.add_argument("--set", action="append", metavar="opt.KEY=VALUE",
-                        help="an optimizer hyperparameter (repeatable)")
+    parser = _OneLineParser(
+        prog="spambench check-optimizer",
+        description="Run the optimizer conformance kit on a registered or importable optimizer.",
+    )
+    parser.add_argument(
+        "target",
+        metavar="TARGET",
+        help="a registered optimizer (e.g. adamw, po:lion) or module:attribute naming an "
+        "OptimizerSpec, a factory or a torch.optim.Optimizer subclass",
+    )
+    parser.add_argument(
+        "--set", action="append", metavar="opt.KEY=VALUE", help="an optimizer hyperparameter (repeatable)"
+    )
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # --help (0) or a one-line usage error (2)

@@ -4,6 +4,7 @@ The run itself (reuse, context, summary) is the suite's `execute` (suite/lifecyc
 path that executes a run; the Ray runner calls it inside its trials too, so the same spec gives the
 same numbers whichever runner ran it.
 """
+
 from __future__ import annotations
 
 from spam_bench.suite.lifecycle import execute

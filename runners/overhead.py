@@ -6,6 +6,7 @@ is Ray's own overhead (start-up, scheduling, trial processes, checkpoint reports
 sweep with two trials at once shows what Ray buys on a 2-core machine. Each phase writes to its
 own fresh store. Usage: `python -m spam_bench.runners.overhead [--trials 8] [--steps 600]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,19 @@ from spam_bench.suite.sweep import expand
 
 
 def _specs(trials: int, steps: int) -> list:
-    sets = {"hidden_size": "64", "intermediate_size": "176", "n_heads": "2", "n_layers": "2", "seq_len": "64",
-            "batch_size": "8", "steps": str(steps), "eval_every": str(steps), "eval_tokens": "4096",
-            "checkpoint_every": "50", "threads": "1"}
+    sets = {
+        "hidden_size": "64",
+        "intermediate_size": "176",
+        "n_heads": "2",
+        "n_layers": "2",
+        "seq_len": "64",
+        "batch_size": "8",
+        "steps": str(steps),
+        "eval_every": str(steps),
+        "eval_tokens": "4096",
+        "checkpoint_every": "50",
+        "threads": "1",
+    }
     return expand(task="llm", optimizers=["adamw"], seeds=list(range(trials)), grid={}, sets=sets)
 
 

@@ -5,6 +5,7 @@ same results store; Ray's own files only drive scheduling and retries. Checkpoin
 run folder; each one is also announced to Tune (`tune.report(..., checkpoint=...)`) as a pointer,
 so a retried trial (FailureConfig) finds the run it belongs to and resumes from the store.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import os
 import socket
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.registry import OPTIMIZERS
@@ -39,7 +41,7 @@ class SweepOptions:
 def check_address(address: str, timeout: float = 3.0) -> None:
     """Fail with one line, before Ray starts, if a host:port address does not answer."""
     if address in ("auto", "local") or address.startswith("ray://"):
-        target = address[len("ray://"):] if address.startswith("ray://") else None
+        target = address[len("ray://") :] if address.startswith("ray://") else None
     else:
         target = address
     if target is None:
@@ -68,7 +70,9 @@ class TuneRecorder(RunRecorder):
         if split not in PER_STEP_SPLITS:
             from ray import tune
 
-            tune.report({"step": step, "run_id": self.dir.name, **{f"{split}_{k}": float(v) for k, v in metrics.items()}})
+            tune.report(
+                {"step": step, "run_id": self.dir.name, **{f"{split}_{k}": float(v) for k, v in metrics.items()}}
+            )
 
     def save_checkpoint(self, state: dict[str, Any], step: int | None = None) -> None:
         super().save_checkpoint(state, step)
@@ -76,8 +80,9 @@ class TuneRecorder(RunRecorder):
 
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pointer.json").write_text(json.dumps({"run_dir": str(self.dir), "step": step}))
-            tune.report({"step": step, "run_id": self.dir.name, "done": False},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(
+                {"step": step, "run_id": self.dir.name, "done": False}, checkpoint=tune.Checkpoint.from_directory(tmp)
+            )
 
 
 def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -93,9 +98,13 @@ def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, A
             continue
         found = OPTIMIZERS.import_path(name)
         if found is None:
-            raise ConfigError("opt", name, "an optimizer Ray workers can import: this one is registered only in "
-                              "this process (e.g. defined in a notebook or __main__); define it in an importable "
-                              "module, or declare an entry point in group spam_bench.optimizers")
+            raise ConfigError(
+                "opt",
+                name,
+                "an optimizer Ray workers can import: this one is registered only in "
+                "this process (e.g. defined in a notebook or __main__); define it in an importable "
+                "module, or declare an entry point in group spam_bench.optimizers",
+            )
         carried[name] = found
     return carried
 
@@ -131,8 +140,14 @@ def _trial(config: dict[str, Any]) -> None:
         assert Path(pointer["run_dir"]) == store.run_dir(run.spec.task, run.spec.run_id)
     summary, _, _ = execute(run, store, recorder_cls=TuneRecorder)
     value = summary.get("value")
-    tune.report({"done": True, "status": summary["status"], "value": value if value is not None else float("nan"),
-                 "run_id": summary["run_id"]})
+    tune.report(
+        {
+            "done": True,
+            "status": summary["status"],
+            "value": value if value is not None else float("nan"),
+            "run_id": summary["run_id"],
+        }
+    )
 
 
 def _init_ray(options: SweepOptions) -> None:
@@ -161,18 +176,25 @@ def _require_shared_store(out: Path) -> None:
     marker = out / f".shared-check-{uuid.uuid4().hex}"
     marker.write_text("spam-bench")
     try:
+
         @ray.remote(num_cpus=0)
         def visible(path: str) -> bool:
             return os.path.exists(path)
 
-        checks = [visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
-                  for n in nodes]
+        checks = [
+            visible.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(marker)
+            )
+            for n in nodes
+        ]
         missing = [n["NodeManagerAddress"] for n, ok in zip(nodes, ray.get(checks)) if not ok]
     finally:
         marker.unlink(missing_ok=True)
     if missing:
         ray.shutdown()
-        raise ConfigError("out", str(out), f"a path on storage shared by every node (not visible on {', '.join(missing)})")
+        raise ConfigError(
+            "out", str(out), f"a path on storage shared by every node (not visible on {', '.join(missing)})"
+        )
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -199,8 +221,15 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
         if options.resume:
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            specs = [{"spec": r.spec.canonical(), "out": str(options.out), "cpus": options.cpus_per_trial,
-                      "plugins": plugins} for r in runs]
+            specs = [
+                {
+                    "spec": r.spec.canonical(),
+                    "out": str(options.out),
+                    "cpus": options.cpus_per_trial,
+                    "plugins": plugins,
+                }
+                for r in runs
+            ]
             scheduler = None
             if options.asha:
                 from ray.tune.schedulers import ASHAScheduler
@@ -208,19 +237,34 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
                 metric, mode, steps = options.asha
                 # max_t one past the budget: ASHA stops trials that reach max_t, and a trial that
                 # reached the full budget must live to write its summary.
-                scheduler = ASHAScheduler(time_attr="step", metric=metric, mode=mode, max_t=steps + 1,
-                                          grace_period=max(1, steps // 9), reduction_factor=3)
+                scheduler = ASHAScheduler(
+                    time_attr="step",
+                    metric=metric,
+                    mode=mode,
+                    max_t=steps + 1,
+                    grace_period=max(1, steps // 9),
+                    reduction_factor=3,
+                )
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial": tune.grid_search(specs)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=options.max_concurrent, scheduler=scheduler,
-                                            reuse_actors=True,  # skip re-importing torch per trial
-                                            trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(name=options.name, storage_path=str(storage), verbose=1,
-                                          failure_config=tune.FailureConfig(max_failures=options.max_failures)),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=options.max_concurrent,
+                    scheduler=scheduler,
+                    reuse_actors=True,  # skip re-importing torch per trial
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=options.name,
+                    storage_path=str(storage),
+                    verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=options.max_failures),
+                ),
             )
         results = tuner.fit()
-        return [dict(results[i].metrics or {}, error=str(results[i].error) if results[i].error else None)
-                for i in range(len(results))]
+        return [
+            dict(results[i].metrics or {}, error=str(results[i].error) if results[i].error else None)
+            for i in range(len(results))
+        ]
     finally:
         ray.shutdown()

@@ -11,12 +11,13 @@ The repository keeps its layers as top-level folders (`suite/`, `optimizers/`, `
 The API lives in `spam_bench.runners.api`; it is imported on first use, so `import spam_bench`
 stays cheap.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["run", "compare", "register_optimizer", "RunResult", "__version__"]
+__all__ = ["RunResult", "__version__", "compare", "register_optimizer", "run"]
 
 
 def __getattr__(name: str) -> Any:

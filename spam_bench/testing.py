@@ -18,6 +18,7 @@ The target may also be a factory `(model, model_info, *, lr, **hparams)`, an `Op
 registered name; `check_optimizer(MyOpt, hparams={"momentum": 0.9})` passes keyword arguments. From
 the shell: `spambench check-optimizer my_pkg.my_module:MyOpt`.
 """
+
 from __future__ import annotations
 
 from spam_bench.runners.conformance import ConformanceReport, check_optimizer

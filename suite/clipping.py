@@ -16,6 +16,7 @@ Why not let the task's value replace the optimizer's: then `adam_clip` would cli
 and at the recipe's value on another, i.e. be a different optimizer per task; and an optimizer whose
 definition includes clipping would silently lose it wherever a recipe sets any value.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,5 +35,9 @@ class ClipRule:
 
     def record(self) -> dict[str, Any]:
         """The summary's keys: `grad_clip` is what was applied."""
-        return {"grad_clip": self.effective, "grad_clip_task": self.task, "grad_clip_optimizer": self.optimizer,
-                "grad_clip_rule": "global norm, min(task recipe, optimizer)"}
+        return {
+            "grad_clip": self.effective,
+            "grad_clip_task": self.task,
+            "grad_clip_optimizer": self.optimizer,
+            "grad_clip_rule": "global norm, min(task recipe, optimizer)",
+        }

@@ -5,14 +5,16 @@ Every task and optimizer declares its configuration as a dataclass made of `para
 into that dataclass, checking types, bounds and choices, and raising `ConfigError` naming the
 field, the bad value and what is allowed. Nothing here knows any task or optimizer.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -46,8 +48,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _bounds_text(meta: Mapping[str, Any], type_name: str) -> str:
-    parts = [f"{op} {meta[key]}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
-             if meta.get(key) is not None]
+    parts = [
+        f"{op} {meta[key]}"
+        for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+        if meta.get(key) is not None
+    ]
     return f"{type_name} " + " and ".join(parts) if parts else type_name
 
 
@@ -111,8 +116,12 @@ def _check_bounds(name: str, value: Any, meta: Mapping[str, Any], type_name: str
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(name, value, _bounds_text(meta, "finite " + type_name))
-        checks = (("gt", lambda b: value > b), ("ge", lambda b: value >= b),
-                  ("lt", lambda b: value < b), ("le", lambda b: value <= b))
+        checks = (
+            ("gt", lambda b: value > b),
+            ("ge", lambda b: value >= b),
+            ("lt", lambda b: value < b),
+            ("le", lambda b: value <= b),
+        )
         for key, ok in checks:
             bound = meta.get(key)
             if bound is not None and not ok(bound):

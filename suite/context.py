@@ -11,11 +11,13 @@ The context owns:
   (Lightning's checkpoint round trip) gets `scratch`, a private temporary folder;
 - what the summary says about the optimizer (state bytes) and the process (peak memory).
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -42,8 +44,9 @@ class RunContext:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     # --- the optimizer ---
-    def build_optimizer(self, model: torch.nn.Module, info: ModelInfo, *, lr: float,
-                        step_hooks: bool = False) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self, model: torch.nn.Module, info: ModelInfo, *, lr: float, step_hooks: bool = False
+    ) -> torch.optim.Optimizer:
         """The run's optimizer for `model`, with the instruments and the clip rule around its steps.
 
         `step_hooks=True` is for libraries that call `optimizer.step()` themselves (SB3): the
@@ -55,8 +58,9 @@ class RunContext:
             raise RuntimeError("a run has one optimizer: build_optimizer was called twice")
         self.optimizer = self.run.make_optimizer(model, info, lr=lr)
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.instruments = Instruments(model, info, self.config, seed=self.seed, optimizer=self.optimizer,
-                                       clip=self.run.clip, log=self.log)
+        self.instruments = Instruments(
+            model, info, self.config, seed=self.seed, optimizer=self.optimizer, clip=self.run.clip, log=self.log
+        )
         if self._suite_state is not None:
             self.instruments.load_state_dict(self._suite_state["instruments"])
         if step_hooks:
@@ -118,8 +122,14 @@ class RunContext:
         return self._stop.requested
 
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> Any:
-        return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, mininterval=1.0,
-                    desc=f"{self.spec.task} {self.spec.optimizer}")
+        return tqdm(
+            total=total,
+            initial=initial,
+            unit=unit,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            desc=f"{self.spec.task} {self.spec.optimizer}",
+        )
 
     # --- for the summary ---
     def measurements(self) -> dict[str, Any]:

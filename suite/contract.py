@@ -8,11 +8,13 @@ a `TaskResult`; the suite turns it into the summary.
 
 This module is the bottom of the suite: it imports nothing of ours, so any layer may use it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -71,8 +73,9 @@ class Context(Protocol):
     @property
     def instruments(self) -> StepInstruments | None: ...
 
-    def build_optimizer(self, model: torch.nn.Module, info: Any, *, lr: float,
-                        step_hooks: bool = False) -> torch.optim.Optimizer: ...
+    def build_optimizer(
+        self, model: torch.nn.Module, info: Any, *, lr: float, step_hooks: bool = False
+    ) -> torch.optim.Optimizer: ...
 
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None: ...
 

@@ -1,4 +1,5 @@
 """Where a result came from: versions, the project's own git commit, host and hardware, in every summary."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ def _version(dist: str) -> str | None:
 def describe(device: str) -> dict[str, object]:
     dev = torch.device(device)
     return {
-        "versions": {"spam-bench": _version("spam-bench"), "python": platform.python_version(),
-                     "torch": torch.__version__},
+        "versions": {
+            "spam-bench": _version("spam-bench"),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "git": project_git(),
         "host": socket.gethostname(),
         "hardware": {

@@ -2,9 +2,11 @@
 
 The CLI prints it as a single line and exits with status 2, before anything is written.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class ConfigError(ValueError):

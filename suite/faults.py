@@ -4,6 +4,7 @@ Set SPAMBENCH_CRASH_ONCE="<step>:<marker folder>" and every run raises `Injected
 time it logs a metric at or after <step>; a marker file per run makes the fault happen once, so a
 retry (from the run's checkpoint) completes. Unset, this costs one dictionary lookup per log call.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@ complete run is no longer current the suite can say which part changed:
 Hashes are of file contents, not timestamps, so a fresh clone of the same commit has the same
 fingerprint. Nothing here imports the modules it hashes: it reads their source.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,10 +22,11 @@ import hashlib
 import importlib.util
 import json
 import subprocess
-from functools import lru_cache
+from collections.abc import Iterable
+from functools import cache, lru_cache
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 DATA_SUFFIXES = (".yaml", ".yml", ".c", ".json")
 SUITE_ENTRY = "spam_bench.suite.context"
@@ -53,7 +55,7 @@ def _imports(path: Path, module: str) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
     return names
@@ -86,8 +88,13 @@ def _named_files(modules: dict[str, Path]) -> dict[str, Path]:
         for sub in ("", "configs"):
             folder = path.parent / sub
             if folder.is_dir():
-                files.update({f"{package}/{sub}/{f.name}": f for f in folder.iterdir()
-                              if f.is_file() and f.suffix in DATA_SUFFIXES})
+                files.update(
+                    {
+                        f"{package}/{sub}/{f.name}": f
+                        for f in folder.iterdir()
+                        if f.is_file() and f.suffix in DATA_SUFFIXES
+                    }
+                )
     return files
 
 
@@ -120,7 +127,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def component_hash(module: str) -> str:
     """The hash of a plug-in's code, from the module that defines it."""
     modules = module_closure(module, _package_of(module))
@@ -152,8 +159,11 @@ def changed_parts(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     words = {"suite": "the suite's code", "task": "the task's code", "optimizer": "the optimizer's code"}
     out = [words[k] for k in words if old.get(k) != new.get(k)]
     old_libs, new_libs = old.get("libraries") or {}, new.get("libraries") or {}
-    out += [f"library {d} {old_libs.get(d)} -> {new_libs.get(d)}" for d in sorted(set(old_libs) | set(new_libs))
-            if old_libs.get(d) != new_libs.get(d)]
+    out += [
+        f"library {d} {old_libs.get(d)} -> {new_libs.get(d)}"
+        for d in sorted(set(old_libs) | set(new_libs))
+        if old_libs.get(d) != new_libs.get(d)
+    ]
     return out or ["the code fingerprint"]
 
 
@@ -167,19 +177,29 @@ def project_git() -> dict[str, Any] | None:
     """
     here = Path(__file__).resolve().parent
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=here,
-                             timeout=5)
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=here, timeout=5
+        )
         if top.returncode != 0:
             return None
         root = Path(top.stdout.strip())
         pyproject = root / "pyproject.toml"
-        if not (pyproject.exists() and 'name = "spam-bench"' in pyproject.read_text()
-                and (root / "suite" / "contract.py").resolve() == here / "contract.py"):
+        if not (
+            pyproject.exists()
+            and 'name = "spam-bench"' in pyproject.read_text()
+            and (root / "suite" / "contract.py").resolve() == here / "contract.py"
+        ):
             return None
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                cwd=root, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=root, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=root, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {"commit": commit or None, "dirty": bool(dirty)}

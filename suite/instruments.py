@@ -15,11 +15,13 @@ Loops that own their training loop call the two methods directly; libraries that
 calls them from its callback hooks. Every gradient-based task therefore logs the same keys and
 reports the same summary keys.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +30,14 @@ from spam_bench.suite.clipping import ClipRule
 from spam_bench.suite.contract import SelfReporting
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.spike_config import SpikeFields
-from spam_bench.suite.spikes import (COARSE_ROLE, GradientTelemetry, LossSpikeDetector, RecoveryTracker,
-                                     SpikeInjector, gss_spike_counts)
+from spam_bench.suite.spikes import (
+    COARSE_ROLE,
+    GradientTelemetry,
+    LossSpikeDetector,
+    RecoveryTracker,
+    SpikeInjector,
+    gss_spike_counts,
+)
 from spam_bench.suite.telemetry import grad_global_norm
 
 Log = Callable[[int, str, dict[str, float]], None]
@@ -39,16 +47,36 @@ EVENTS = ("injected", "loss_spikes")
 
 
 class Instruments:
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, fields: SpikeFields, *, seed: int,
-                 optimizer: torch.optim.Optimizer, clip: ClipRule, log: Log):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        fields: SpikeFields,
+        *,
+        seed: int,
+        optimizer: torch.optim.Optimizer,
+        clip: ClipRule,
+        log: Log,
+    ):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.clip, self.log = optimizer, clip, log
-        self.telemetry = (GradientTelemetry(model, info, spike_ratio=fields.spike_ratio,
-                                            samples_per_tensor=fields.gss_samples, seed=seed)
-                          if fields.telemetry else None)
-        self.injector = (SpikeInjector(seed=fields.inject_seed, step_fraction=fields.inject_step_fraction,
-                                       entry_fraction=fields.inject_entry_fraction, factor=fields.inject_factor)
-                         if fields.inject_step_fraction > 0 else None)
+        self.telemetry = (
+            GradientTelemetry(
+                model, info, spike_ratio=fields.spike_ratio, samples_per_tensor=fields.gss_samples, seed=seed
+            )
+            if fields.telemetry
+            else None
+        )
+        self.injector = (
+            SpikeInjector(
+                seed=fields.inject_seed,
+                step_fraction=fields.inject_step_fraction,
+                entry_fraction=fields.inject_entry_fraction,
+                factor=fields.inject_factor,
+            )
+            if fields.inject_step_fraction > 0
+            else None
+        )
         self.loss_spikes = LossSpikeDetector(fields.loss_spike_factor)
         self.recovery = RecoveryTracker()
         self.role_of = {id(p): COARSE_ROLE[info.role_of(n)] for n, p in model.named_parameters()}
@@ -124,6 +152,7 @@ class Instruments:
 
     def hook_into(self, optimizer: torch.optim.Optimizer) -> None:
         """For libraries that call `optimizer.step()` themselves: the two calls as step hooks."""
+
         def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             self.before_step()
 
@@ -140,10 +169,16 @@ class Instruments:
 
     # --- checkpoint ---
     def state_dict(self) -> dict[str, Any]:
-        return {"telemetry": self.telemetry.state_dict() if self.telemetry else None, "counts": dict(self.counts),
-                "step": self.step, "clipped": dict(self.clipped), "reset_steps": list(self.reset_steps),
-                "clipped_steps": self.clipped_steps, "loss_spikes": self.loss_spikes.state_dict(),
-                "recovery": self.recovery.state_dict()}
+        return {
+            "telemetry": self.telemetry.state_dict() if self.telemetry else None,
+            "counts": dict(self.counts),
+            "step": self.step,
+            "clipped": dict(self.clipped),
+            "reset_steps": list(self.reset_steps),
+            "clipped_steps": self.clipped_steps,
+            "loss_spikes": self.loss_spikes.state_dict(),
+            "recovery": self.recovery.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.telemetry and state["telemetry"] is not None:
@@ -171,6 +206,8 @@ class Instruments:
             if self.telemetry.records:
                 out["gss_spikes"] = gss_spike_counts(np.stack(self.telemetry.records), self.telemetry.column_roles())
         recovery = self.recovery.summary()
-        out.update(spikes_unrecovered=recovery["spikes_unrecovered"] if self.injector else None,
-                   recovery_steps_mean=recovery["recovery_steps_mean"] if self.injector else None)
+        out.update(
+            spikes_unrecovered=recovery["spikes_unrecovered"] if self.injector else None,
+            recovery_steps_mean=recovery["recovery_steps_mean"] if self.injector else None,
+        )
         return out

@@ -4,12 +4,13 @@ A KeyboardInterrupt raised inside `optimizer.step()` could leave half the parame
 instead the first SIGINT only sets a flag that the training loop checks between steps. A second
 Ctrl-C interrupts at once, for a user who really wants out.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class StopRequest:

@@ -8,11 +8,13 @@
    measurements (clip rule, optimizer state, telemetry), the code fingerprint and the environment,
    and written last, atomically: its presence is what makes the run complete.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spam_bench.suite.context import RunContext
 from spam_bench.suite.contract import TaskResult
@@ -48,13 +50,20 @@ def _set_aside_if_stale(run: ResolvedRun, store: RunStore, run_dir: Path, say: C
         return
     kept = store.set_aside(run_dir, (old or {}).get("id") or "unversioned")
     what = "complete" if (kept / SUMMARY).exists() else "partial"
-    say(f"re-running {run.spec.run_id}: {', '.join(changed_parts(old, new))} changed since its {what} run "
-        f"(kept in {kept})")
+    say(
+        f"re-running {run.spec.run_id}: {', '.join(changed_parts(old, new))} changed since its {what} run "
+        f"(kept in {kept})"
+    )
 
 
-def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,
-            recorder_cls: type[RunRecorder] = RunRecorder,
-            say: Callable[[str], None] = _say) -> tuple[dict[str, Any], Path, bool]:
+def execute(
+    run: ResolvedRun,
+    store: RunStore,
+    *,
+    force: bool = False,
+    recorder_cls: type[RunRecorder] = RunRecorder,
+    say: Callable[[str], None] = _say,
+) -> tuple[dict[str, Any], Path, bool]:
     """Run (or resume, or reuse) one spec; returns (summary, run folder, whether it was reused)."""
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
     if force:
@@ -70,8 +79,13 @@ def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,
             ctx = RunContext(run, recorder, stop)
             try:
                 result = run.task.run(ctx)
-                outcome: dict[str, Any] = {"status": result.status, "value": result.value, "steps": result.steps,
-                                           "diverged_step": result.diverged_step, **result.metrics}
+                outcome: dict[str, Any] = {
+                    "status": result.status,
+                    "value": result.value,
+                    "steps": result.steps,
+                    "diverged_step": result.diverged_step,
+                    **result.metrics,
+                }
             except NotApplicable as err:
                 outcome = {"status": NOT_APPLICABLE, "reason": str(err), "value": None}
             except ConfigError:
@@ -98,4 +112,4 @@ def execute(run: ResolvedRun, store: RunStore, *, force: bool = False,
         recorder.close()
 
 
-__all__ = ["execute", "TaskResult"]
+__all__ = ["TaskResult", "execute"]

@@ -3,10 +3,11 @@
 GaLore projects 2-D attention/MLP weights, Adam-mini partitions by heads, SPAM's sparse momentum
 masks attention/MLP weights: each asks `ModelInfo` instead of parsing parameter names.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

@@ -1,4 +1,5 @@
 """Where things live on disk: the results store (`out/`) and the data cache."""
+
 from __future__ import annotations
 
 import os

@@ -5,13 +5,15 @@ Built-in tasks and optimizers register through the same entry points as third-pa
 name and a plug-in package only needs to declare an entry point. An entry point may also name a
 `Family`: plug-ins spelled `<prefix>:<member>` (e.g. `po:lion`) that are built on first use.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -66,7 +68,9 @@ class OptimizerSpec:
     def defaults(self) -> dict[str, Any]:
         return {f.name: _default(f) for f in dataclasses.fields(self.config_cls)}
 
-    def build(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
+    def build(
+        self, model: torch.nn.Module, model_info: ModelInfo, lr: float, hparams: Mapping[str, Any]
+    ) -> torch.optim.Optimizer:
         return self.instantiate(model, model_info, lr, build_config(self.config_cls, hparams, prefix="opt."))
 
     @property
@@ -74,7 +78,9 @@ class OptimizerSpec:
         """The module that defines the optimizer (what its code fingerprint starts from)."""
         return getattr(self.factory, "__module__", None) or "unknown"
 
-    def instantiate(self, model: torch.nn.Module, model_info: ModelInfo, lr: float, config: Any) -> torch.optim.Optimizer:
+    def instantiate(
+        self, model: torch.nn.Module, model_info: ModelInfo, lr: float, config: Any
+    ) -> torch.optim.Optimizer:
         """The optimizer for an already-validated config dataclass."""
         return self.factory(model, model_info, lr=lr, **dataclasses.asdict(config))
 
@@ -108,8 +114,15 @@ class Registry(Generic[T]):
         self.broken: dict[str, str] = {}  # entry points that failed to import: name -> reason
         self._loaded = False
 
-    def register(self, name: str, item: T, module: str | None = None, source: Any = None,
-                 kwargs: Mapping[str, Any] | None = None, entry_point: bool = False) -> T:
+    def register(
+        self,
+        name: str,
+        item: T,
+        module: str | None = None,
+        source: Any = None,
+        kwargs: Mapping[str, Any] | None = None,
+        entry_point: bool = False,
+    ) -> T:
         """Add a plug-in; `module` is where it is defined (default: its class's module).
 
         `source` and `kwargs` are what an in-process caller handed over (a class or factory and its
@@ -152,7 +165,7 @@ class Registry(Generic[T]):
             return None
         try:
             namespace = vars(importlib.import_module(module))
-        except Exception:  # noqa: BLE001 - any import failure means "not importable elsewhere"
+        except Exception:
             return None
         for attr, value in namespace.items():
             if value is source:
@@ -182,8 +195,13 @@ class Registry(Generic[T]):
                 raise ConfigError(self.kind, name, allowed)
             family = self.families[prefix]
             if member not in family.members():
-                raise ConfigError(self.kind, name, f"{prefix}:<name> with <name> one of "
-                                  + ", ".join(family.members()) + f" (see `spambench list {self.kind}s`)")
+                raise ConfigError(
+                    self.kind,
+                    name,
+                    f"{prefix}:<name> with <name> one of "
+                    + ", ".join(family.members())
+                    + f" (see `spambench list {self.kind}s`)",
+                )
             self._built[name] = family.build(member)
         return self._built[name]
 
@@ -192,6 +210,8 @@ TASKS: Registry[Any] = Registry("task", "spam_bench.tasks")
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "spam_bench.optimizers")
 
 
-def make_optimizer(name: str, model: torch.nn.Module, model_info: ModelInfo, *, lr: float, **hparams: Any) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, model: torch.nn.Module, model_info: ModelInfo, *, lr: float, **hparams: Any
+) -> torch.optim.Optimizer:
     """The optimizer factory contract (docs/architecture.md): `make(name, model, model_info, **hparams)`."""
     return OPTIMIZERS.get(name).build(model, model_info, lr, hparams)

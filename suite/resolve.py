@@ -4,12 +4,14 @@
 hyperparameters when the key is `opt.<name>` (or only the optimizer has it). Every value is typed
 and bounds-checked here, so a bad one fails with one line and no run folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -62,7 +64,9 @@ class ResolvedRun:
         }
 
 
-def _split_sets(sets: Mapping[str, str], task_fields: set[str], opt_fields: set[str], opt_name: str) -> tuple[dict, dict]:
+def _split_sets(
+    sets: Mapping[str, str], task_fields: set[str], opt_fields: set[str], opt_name: str
+) -> tuple[dict, dict]:
     task_vals, opt_vals = {}, {}
     for key, value in sets.items():
         if key.startswith("opt."):
@@ -74,8 +78,13 @@ def _split_sets(sets: Mapping[str, str], task_fields: set[str], opt_fields: set[
         elif key in opt_fields:
             opt_vals[key] = value
         else:
-            raise ConfigError(key, value, "task keys " + ", ".join(sorted(task_fields))
-                              + f"; optimizer keys opt.<{'|'.join(sorted(opt_fields))}>")
+            raise ConfigError(
+                key,
+                value,
+                "task keys "
+                + ", ".join(sorted(task_fields))
+                + f"; optimizer keys opt.<{'|'.join(sorted(opt_fields))}>",
+            )
     return task_vals, opt_vals
 
 
@@ -83,8 +92,11 @@ def code_of(task: str, optimizer: str) -> dict[str, Any]:
     """The current code fingerprint of a registered (task, optimizer) pair; it does not depend on the
     seed or the settings, so reports compute it once per pair."""
     task_obj, opt = TASKS.get(task), OPTIMIZERS.get(optimizer)
-    return fingerprint(task_module=TASKS.module_of(task), optimizer_module=opt.module,
-                       libraries=tuple(task_obj.libraries) + tuple(opt.libraries))
+    return fingerprint(
+        task_module=TASKS.module_of(task),
+        optimizer_module=opt.module,
+        libraries=tuple(task_obj.libraries) + tuple(opt.libraries),
+    )
 
 
 def check_device(device: str) -> None:
@@ -95,31 +107,43 @@ def check_device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= count:
-            raise ConfigError("device", device, "cpu" + (f" or cuda:0..cuda:{count - 1}" if count else
-                                                        " (no CUDA device is visible here)"))
+            raise ConfigError(
+                "device",
+                device,
+                "cpu" + (f" or cuda:0..cuda:{count - 1}" if count else " (no CUDA device is visible here)"),
+            )
 
 
 def check_capabilities(task: Task, config: Any, opt_name: str, opt: OptimizerSpec, device: str) -> None:
     """Refuse a task/optimizer pair that cannot work, from what each declares (before the disk)."""
     offers = task.offers(config)
     if opt.needs_closure and not offers.closure:
-        raise ConfigError("opt", opt_name, f"an optimizer that steps without a closure (task {task.name} "
-                          "does not pass one to step())")
+        raise ConfigError(
+            "opt", opt_name, f"an optimizer that steps without a closure (task {task.name} does not pass one to step())"
+        )
     if device.split(":")[0] not in opt.devices:
         raise ConfigError("device", device, f"{', '.join(opt.devices)} (what optimizer {opt_name} supports)")
     missing = [d for d in offers.dtypes if d not in opt.dtypes]
     if missing:
-        raise ConfigError("opt", opt_name, f"an optimizer supporting {', '.join(missing)} "
-                          f"(it supports {', '.join(opt.dtypes)})")
+        raise ConfigError(
+            "opt", opt_name, f"an optimizer supporting {', '.join(missing)} (it supports {', '.join(opt.dtypes)})"
+        )
 
 
 def _typed_overrides(values: Mapping[str, Any], built: Any) -> dict[str, Any]:
     return {k: getattr(built, k) for k in values}
 
 
-def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
-            sets: Mapping[str, str] | None = None, device: str = "cpu",
-            device_here: bool = True) -> ResolvedRun:
+def resolve(
+    *,
+    task: str,
+    optimizer: str,
+    seed: Any = 0,
+    scale: str = "tiny",
+    sets: Mapping[str, str] | None = None,
+    device: str = "cpu",
+    device_here: bool = True,
+) -> ResolvedRun:
     """`device_here=False` skips the check that this machine has the device (a sweep's driver may
     have no GPU while its cluster does; each trial resolves again where it runs)."""
     task_obj = TASKS.get(task)
@@ -141,7 +165,13 @@ def resolve(*, task: str, optimizer: str, seed: Any = 0, scale: str = "tiny",
     config = build_config(task_obj.config_cls, {**base, **task_sets})
     opt_config: Any = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
     check_capabilities(task_obj, config, optimizer, opt_spec, device)
-    spec = RunSpec(task=task, optimizer=optimizer, seed=seed, scale=scale,
-                   overrides=_typed_overrides(task_sets, config),
-                   opt_hparams=_typed_overrides(opt_sets, opt_config), device=device)
+    spec = RunSpec(
+        task=task,
+        optimizer=optimizer,
+        seed=seed,
+        scale=scale,
+        overrides=_typed_overrides(task_sets, config),
+        opt_hparams=_typed_overrides(opt_sets, opt_config),
+        device=device,
+    )
     return ResolvedRun(spec, task_obj, config, opt_spec, opt_config)

@@ -9,6 +9,7 @@ Layout: `<out>/runs/<task>/<run_id>/` with
 A checkpoint records how long metrics.jsonl was when it was taken; resuming truncates the file
 back to that length, so lines logged after the checkpoint by a killed process are not duplicated.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -97,7 +99,7 @@ class RunRecorder:
             atomic_write_json(self.dir / SPEC, spec_record)
         self.wall_offset = 0.0  # seconds of earlier (interrupted) attempts, restored from the checkpoint
         self._t0 = time.perf_counter()
-        self._metrics = open(self.dir / METRICS, "a+b")
+        self._metrics = open(self.dir / METRICS, "a+b")  # noqa: SIM115 - held open for the run, closed in finish()/close()
 
     @property
     def wall(self) -> float:
@@ -106,7 +108,9 @@ class RunRecorder:
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         wall = round(self.wall, 4)
         lines = b"".join(
-            (json.dumps({"step": step, "split": split, "name": k, "value": _finite(float(v)), "wall": wall}) + "\n").encode()
+            (
+                json.dumps({"step": step, "split": split, "name": k, "value": _finite(float(v)), "wall": wall}) + "\n"
+            ).encode()
             for k, v in metrics.items()
         )
         self._metrics.write(lines)

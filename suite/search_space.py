@@ -1,4 +1,5 @@
 """Search ranges that optimizers declare for tuning (a leaf module: the registry and tuning both use it)."""
+
 from __future__ import annotations
 
 import math
@@ -19,4 +20,4 @@ class Dist:
             value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
             value = self.low + u * (self.high - self.low)
-        return int(round(value)) if self.integer else float(f"{value:.4g}")
+        return round(value) if self.integer else float(f"{value:.4g}")

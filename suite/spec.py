@@ -4,6 +4,7 @@ The run_id hashes the canonical spec (typed, sorted), so the same choices always
 folder, whatever the order or spelling of the command-line arguments (`lr=1e-3` == `lr=0.001`).
 That is what lets a re-run resume or skip instead of recomputing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,5 +48,5 @@ class RunSpec:
         return f"{self.optimizer}-s{self.seed}-{self.scale}-{digest}"
 
     @classmethod
-    def from_canonical(cls, data: dict[str, Any]) -> "RunSpec":
+    def from_canonical(cls, data: dict[str, Any]) -> RunSpec:
         return cls(**{k: data[k] for k in ("task", "optimizer", "seed", "scale", "overrides", "opt_hparams", "device")})

@@ -9,22 +9,33 @@ event. For the paper's GSS (docs/spam.md#gradient-spike-score) it records a fixe
 tensor at every step; `gss()` is computed offline from that record, exactly as defined:
 GSS(g_i) = |g_i| / ((1/(T+1)) * sum_j |g_j|), a spike when GSS > 50.
 """
+
 from __future__ import annotations
 
 import json
 import statistics
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from spam_bench.suite.model_info import ModelInfo
 
-COARSE_ROLE = {"embedding": "embedding", "attn_q": "attention", "attn_k": "attention", "attn_v": "attention",
-               "attn_o": "attention", "mlp": "mlp", "norm": "norm", "output": "output", "bias": "other",
-               "other": "other"}
+COARSE_ROLE = {
+    "embedding": "embedding",
+    "attn_q": "attention",
+    "attn_k": "attention",
+    "attn_v": "attention",
+    "attn_o": "attention",
+    "mlp": "mlp",
+    "norm": "norm",
+    "output": "output",
+    "bias": "other",
+    "other": "other",
+}
 GSS_THRESHOLD = 50.0
 SAMPLES_FILE, SAMPLES_INDEX = "grad_samples.npy", "grad_samples.json"
 
@@ -32,8 +43,16 @@ SAMPLES_FILE, SAMPLES_INDEX = "grad_samples.npy", "grad_samples.json"
 class GradientTelemetry:
     """Per-role gradient statistics each step, and a sampled-coordinate record for the GSS."""
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, *, spike_ratio: float, samples_per_tensor: int,
-                 seed: int, ema: float = 0.99):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        *,
+        spike_ratio: float,
+        samples_per_tensor: int,
+        seed: int,
+        ema: float = 0.99,
+    ):
         self.spike_ratio, self.ema = spike_ratio, ema
         self.roles: dict[str, list[torch.nn.Parameter]] = {}
         self.sampled: list[tuple[str, str, torch.nn.Parameter, torch.Tensor]] = []
@@ -64,17 +83,28 @@ class GradientTelemetry:
             biggest = float(torch.stack(torch._foreach_norm(grads, float("inf"))).max())
             ratio = norm / (self.avg[role] / correction) if correction > 0 and self.avg[role] > 0 else 1.0
             self.avg[role] = self.ema * self.avg[role] + (1 - self.ema) * norm
-            out.update({f"grad_norm/{role}": norm, f"grad_max/{role}": biggest, f"grad_ratio/{role}": ratio,
-                        f"grad_spike/{role}": float(ratio > self.spike_ratio)})
+            out.update(
+                {
+                    f"grad_norm/{role}": norm,
+                    f"grad_max/{role}": biggest,
+                    f"grad_ratio/{role}": ratio,
+                    f"grad_spike/{role}": float(ratio > self.spike_ratio),
+                }
+            )
         if self.sampled:
-            row = [(p.grad.reshape(-1)[idx] if p.grad is not None else torch.zeros(len(idx), device=idx.device)).float()
-                   for _, _, p, idx in self.sampled]
+            row = [
+                (p.grad.reshape(-1)[idx] if p.grad is not None else torch.zeros(len(idx), device=idx.device)).float()
+                for _, _, p, idx in self.sampled
+            ]
             self.records.append(torch.cat(row).cpu().numpy())
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"avg": dict(self.avg), "steps_seen": self.steps_seen,
-                "records": np.stack(self.records) if self.records else None}
+        return {
+            "avg": dict(self.avg),
+            "steps_seen": self.steps_seen,
+            "records": np.stack(self.records) if self.records else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.avg, self.steps_seen = dict(state["avg"]), state["steps_seen"]
@@ -99,7 +129,9 @@ def gss(trace: np.ndarray) -> np.ndarray:
         return np.where(mean > 0, magnitude / mean, 0.0)
 
 
-def gss_spike_counts(trace: np.ndarray, column_roles: Iterable[str], threshold: float = GSS_THRESHOLD) -> dict[str, int]:
+def gss_spike_counts(
+    trace: np.ndarray, column_roles: Iterable[str], threshold: float = GSS_THRESHOLD
+) -> dict[str, int]:
     """Number of (step, coordinate) pairs with GSS > threshold, per role."""
     spikes = (gss(trace) > threshold).sum(axis=0)
     counts: dict[str, int] = {}
@@ -176,9 +208,11 @@ class RecoveryTracker:
         self.recent.append(loss)
 
     def summary(self) -> dict[str, float | int | None]:
-        return {"spikes_tracked": len(self.recovered) + len(self.open),
-                "spikes_unrecovered": len(self.open),
-                "recovery_steps_mean": float(np.mean(self.recovered)) if self.recovered else None}
+        return {
+            "spikes_tracked": len(self.recovered) + len(self.open),
+            "spikes_unrecovered": len(self.open),
+            "recovery_steps_mean": float(np.mean(self.recovered)) if self.recovered else None,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"recent": list(self.recent), "open": list(self.open), "recovered": list(self.recovered)}

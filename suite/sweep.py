@@ -1,10 +1,12 @@
 """A sweep: optimizers x seeds x a grid of overrides, expanded into validated runs before any scheduler starts."""
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from spam_bench.suite.config import parse_assignments
 from spam_bench.suite.errors import ConfigError
@@ -43,9 +45,17 @@ def parse_list(text: str, field: str) -> list[str]:
     return names
 
 
-def expand(*, task: str, optimizers: list[str], seeds: list[int], grid: Mapping[str, list[str]],
-           sets: Mapping[str, str] | None = None, scale: str = "tiny", device: str = "cpu",
-           opt_sets: Mapping[str, Mapping[str, str]] | None = None) -> list[ResolvedRun]:
+def expand(
+    *,
+    task: str,
+    optimizers: list[str],
+    seeds: list[int],
+    grid: Mapping[str, list[str]],
+    sets: Mapping[str, str] | None = None,
+    scale: str = "tiny",
+    device: str = "cpu",
+    opt_sets: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[ResolvedRun]:
     """Every combination, resolved (so any bad value fails here, with one line, before Ray starts).
 
     `opt_sets` adds per-optimizer values (the tuned configuration of `--from-tuning`).
@@ -54,8 +64,17 @@ def expand(*, task: str, optimizers: list[str], seeds: list[int], grid: Mapping[
     runs = []
     for opt, values in itertools.product(optimizers, itertools.product(*(grid[k] for k in keys))):
         for seed in seeds:
-            runs.append(resolve(task=task, optimizer=opt, seed=seed, scale=scale, device=device, device_here=False,
-                                sets={**(sets or {}), **(opt_sets or {}).get(opt, {}), **dict(zip(keys, values))}))
+            runs.append(
+                resolve(
+                    task=task,
+                    optimizer=opt,
+                    seed=seed,
+                    scale=scale,
+                    device=device,
+                    device_here=False,
+                    sets={**(sets or {}), **(opt_sets or {}).get(opt, {}), **dict(zip(keys, values))},
+                )
+            )
     return runs
 
 
@@ -68,5 +87,11 @@ def sweep_name(runs: list[ResolvedRun]) -> str:
 def resolve_canonical(canonical: Mapping[str, Any]) -> ResolvedRun:
     """Rebuild a run from `RunSpec.canonical()` (what a Ray trial receives)."""
     sets = {**canonical["overrides"], **{f"opt.{k}": v for k, v in canonical["opt_hparams"].items()}}
-    return resolve(task=canonical["task"], optimizer=canonical["optimizer"], seed=canonical["seed"],
-                   scale=canonical["scale"], device=canonical["device"], sets=sets)
+    return resolve(
+        task=canonical["task"],
+        optimizer=canonical["optimizer"],
+        seed=canonical["seed"],
+        scale=canonical["scale"],
+        device=canonical["device"],
+        sets=sets,
+    )

@@ -5,6 +5,7 @@ A task package subclasses it and adds `run(ctx)`. Scales are the YAML files in t
 `scale_values`. The suite never names a task: tasks reach it through the `spam_bench.tasks`
 entry points.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

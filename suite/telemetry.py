@@ -4,11 +4,13 @@ Optimizer memory is analytic (sum of numel x element size over the tensors in `o
 because allocator readings on CPU are noise and disputes about optimizer memory are mostly disputes
 about how it was measured (docs/measured-facts.md#optimizer-memory).
 """
+
 from __future__ import annotations
 
 import resource
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -5,11 +5,13 @@ later re-run on fresh seeds at the full budget (`spambench sweep --from-tuning`)
 Search-space keys use the `--set` convention: a task field (`lr`) or `opt.<hyperparameter>`.
 Points come from a scrambled Halton sequence (any number of trials, low discrepancy, seeded).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.registry import OPTIMIZERS
@@ -57,8 +59,9 @@ def load_best(out: Path, task: str, scale: str, optimizer: str) -> dict[str, str
     return {k: str(v) for k, v in json.loads(path.read_text())["sets"].items()}
 
 
-def plan_trials(*, task: str, optimizers: list[str], trials: int, sets: Mapping[str, str], scale: str,
-                device: str) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+def plan_trials(
+    *, task: str, optimizers: list[str], trials: int, sets: Mapping[str, str], scale: str, device: str
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """The tuning runs: per optimizer, `trials` Halton points on seeds TUNING_SEED_BASE + i.
 
     Every optimizer gets the same seeds and the same number of points: a fair budget.
@@ -70,15 +73,23 @@ def plan_trials(*, task: str, optimizers: list[str], trials: int, sets: Mapping[
         if not space:
             raise ConfigError("opt", opt, "an optimizer that declares a search space")
         for i, point in enumerate(draw(space, trials, seed=0)):
-            run = resolve(task=task, optimizer=opt, seed=TUNING_SEED_BASE + i, scale=scale, device=device, device_here=False,
-                          sets={**sets, **{k: str(v) for k, v in point.items()}})
+            run = resolve(
+                task=task,
+                optimizer=opt,
+                seed=TUNING_SEED_BASE + i,
+                scale=scale,
+                device=device,
+                device_here=False,
+                sets={**sets, **{k: str(v) for k, v in point.items()}},
+            )
             runs.append(run)
             drawn[run.spec.run_id] = point
     return runs, drawn
 
 
-def save_best_trials(out: Path, runs: list[Any], drawn: Mapping[str, Mapping[str, Any]],
-                     trials: int) -> list[tuple[str, bool]]:
+def save_best_trials(
+    out: Path, runs: list[Any], drawn: Mapping[str, Mapping[str, Any]], trials: int
+) -> list[tuple[str, bool]]:
     """Pick each optimizer's best finished trial from the store (never from Ray's files) and save it."""
     store = RunStore(tuning_store(out))
     messages = []
@@ -96,8 +107,21 @@ def save_best_trials(out: Path, runs: list[Any], drawn: Mapping[str, Mapping[str
         task = finished[0][1].task
         sign = 1 if task.direction == "min" else -1
         value, best = min(finished, key=lambda vr: sign * vr[0])
-        path = save_best(out, best.spec.task, best.spec.scale, opt, {
-            "sets": drawn[best.spec.run_id], "value": value, "run_id": best.spec.run_id,
-            "trials": trials, "finished": len(finished), "metric": task.primary_metric})
-        messages.append((f"{opt}: best {task.primary_metric} {value:.4g} with {dict(drawn[best.spec.run_id])} -> {path}", True))
+        path = save_best(
+            out,
+            best.spec.task,
+            best.spec.scale,
+            opt,
+            {
+                "sets": drawn[best.spec.run_id],
+                "value": value,
+                "run_id": best.spec.run_id,
+                "trials": trials,
+                "finished": len(finished),
+                "metric": task.primary_metric,
+            },
+        )
+        messages.append(
+            (f"{opt}: best {task.primary_metric} {value:.4g} with {dict(drawn[best.spec.run_id])} -> {path}", True)
+        )
     return messages

@@ -1,4 +1,5 @@
 """Shared test settings: offline hub, a throw-away results store, and a very small llm config."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -17,9 +18,19 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 # A ~0.2M-parameter LLaMA that still trains on the real tiny corpus in seconds.
 SMALL_LLM = {
-    "hidden_size": "32", "intermediate_size": "64", "n_heads": "2", "n_layers": "1", "seq_len": "32",
-    "batch_size": "8", "steps": "30", "lr": "3e-3", "lr_warmup_steps": "5", "eval_every": "10",
-    "eval_tokens": "1024", "checkpoint_every": "5", "threads": "1",
+    "hidden_size": "32",
+    "intermediate_size": "64",
+    "n_heads": "2",
+    "n_layers": "1",
+    "seq_len": "32",
+    "batch_size": "8",
+    "steps": "30",
+    "lr": "3e-3",
+    "lr_warmup_steps": "5",
+    "eval_every": "10",
+    "eval_tokens": "1024",
+    "checkpoint_every": "5",
+    "threads": "1",
 }
 
 
@@ -33,8 +44,9 @@ def out_dir(tmp_path):
     return tmp_path / "out"
 
 
-def sigkill_when(cmd: list[str], out: Path, task: str, ready: Callable[[list[dict]], bool],
-                 timeout: float = 120) -> Path:
+def sigkill_when(
+    cmd: list[str], out: Path, task: str, ready: Callable[[list[dict]], bool], timeout: float = 120
+) -> Path:
     """Run `cmd` (a `spambench run`) and SIGKILL it as soon as `ready(metrics logged so far)` holds.
 
     Returns the run folder, checked to hold a checkpoint and no summary: a run killed mid-way.

@@ -7,6 +7,7 @@ official code are the ones `optimizers/spam.py` documents (weight decay reaches 
 the reset zeroes every parameter, `reset_interval=0` means never), and masks come from the same
 seeded generator calls, in the same order, as the fast optimizer's.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,14 +16,26 @@ import torch
 
 
 class OracleSPAM:
-    def __init__(self, groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, reset_interval=500,
-                 warmup_steps=150, spike_threshold=5000.0, clip_delay=20, guard_zero_v=False, mask_seed=0):
+    def __init__(
+        self,
+        groups,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        weight_decay=0.0,
+        reset_interval=500,
+        warmup_steps=150,
+        spike_threshold=5000.0,
+        clip_delay=20,
+        guard_zero_v=False,
+        mask_seed=0,
+    ):
         self.groups = [dict(g) for g in groups]
         self.lr, self.betas, self.eps, self.wd = lr, betas, eps, weight_decay
         self.delta_t, self.n, self.theta, self.a = reset_interval, warmup_steps, spike_threshold, clip_delay
         self.guard = guard_zero_v
         self.gen = torch.Generator().manual_seed(mask_seed)
-        self.total_step = 0                  # K
+        self.total_step = 0  # K
         self.current_step = warmup_steps + 1  # C
         self.state: dict[torch.Tensor, dict] = {}
         for group in self.groups:
@@ -44,7 +57,7 @@ class OracleSPAM:
     def step(self) -> None:
         t = self.total_step + 1
         beta1, beta2 = self.betas
-        if self.delta_t != 0 and t % self.delta_t == 0:           # momentum reset, every parameter
+        if self.delta_t != 0 and t % self.delta_t == 0:  # momentum reset, every parameter
             for st in self.state.values():
                 if "m" in st:
                     st["m"].zero_()
@@ -65,7 +78,7 @@ class OracleSPAM:
                 k = st["k"]
                 in_window = t >= self.a and (self.delta_t == 0 or t % self.delta_t >= self.a)
                 if self.theta != 0 and in_window:
-                    spike = g**2 > self.theta * v                 # previous v, not bias-corrected
+                    spike = g**2 > self.theta * v  # previous v, not bias-corrected
                     if self.guard:
                         spike &= v > 0
                     g[spike] = g[spike].sign() * torch.sqrt(self.theta * v[spike])
@@ -80,7 +93,7 @@ class OracleSPAM:
                 else:
                     p.add_(u, alpha=-alpha * s)
                 if self.wd > 0:
-                    p.add_(p, alpha=-lr * self.wd)               # decoupled, after, no warmup factor
+                    p.add_(p, alpha=-lr * self.wd)  # decoupled, after, no warmup factor
         self.total_step += 1
         self.current_step += 1
         if self.delta_t != 0 and (self.total_step + 1) % self.delta_t == 0:
@@ -90,7 +103,7 @@ class OracleSPAM:
                 for p in group["params"]:
                     st = self.state[p]
                     new = (torch.rand(p.numel(), generator=self.gen) < group["density"]).view(p.shape).to(p.device)
-                    if "m" in st:                              # copy the intersection (dead: a reset follows)
+                    if "m" in st:  # copy the intersection (dead: a reset follows)
                         both = new & st["mask"]
                         m, v = st["m"].new_zeros(int(new.sum())), st["v"].new_zeros(int(new.sum()))
                         m[both[new]] = st["m"][both[st["mask"]]]

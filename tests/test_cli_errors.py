@@ -1,4 +1,5 @@
 """Every bad input: one line naming the field, the value and what is allowed; exit 2; nothing written."""
+
 import subprocess
 import sys
 
@@ -16,20 +17,44 @@ BAD_INPUTS = [
     (["--task", "llm", "--opt", "adamw", "--set", "lr=0"], "lr: invalid value 0.0 (allowed: float > 0.0)"),
     (["--task", "llm", "--opt", "adamw", "--set", "lr=-1e-3"], "lr: invalid value -0.001 (allowed: float > 0.0)"),
     (["--task", "llm", "--opt", "adamw", "--set", "lr=nan"], "lr: invalid value nan (allowed: finite float > 0.0)"),
-    (["--task", "llm", "--opt", "adamw", "--set", "dtype=fp8"], "dtype: invalid value 'fp8' (allowed: one of float32, bfloat16)"),
+    (
+        ["--task", "llm", "--opt", "adamw", "--set", "dtype=fp8"],
+        "dtype: invalid value 'fp8' (allowed: one of float32, bfloat16)",
+    ),
     (["--task", "llm", "--opt", "adamw", "--seed", "-1"], "seed: invalid value -1 (allowed: int >= 0)"),
     (["--task", "llm", "--opt", "adamw", "--seed", "x"], "seed: invalid value 'x' (allowed: int)"),
     (["--task", "llm", "--opt", "adamw", "--set", "steps"], "--set: invalid value 'steps' (allowed: key=value)"),
-    (["--task", "llm", "--opt", "adamw", "--set", "opt.beta9=1"], "opt.beta9: invalid value '1' (allowed: optimizer adamw keys"),
-    (["--task", "llm", "--opt", "adamw", "--set", "opt.beta2=1.5"], "opt.beta2: invalid value 1.5 (allowed: float >= 0.0 and < 1.0)"),
-    (["--task", "llm", "--opt", "adamw", "--device", "tpu"], "device: invalid value 'tpu' (allowed: cpu, cuda or cuda:N)"),
-    (["--task", "llm", "--opt", "adamw", "--set", "n_heads=3"], "n_heads: invalid value 3 (allowed: a divisor of hidden_size=128)"),
-    (["--task", "spikes", "--opt", "po:lbfgs"], "opt: invalid value 'po:lbfgs' (allowed: an optimizer that steps without a closure"),
+    (
+        ["--task", "llm", "--opt", "adamw", "--set", "opt.beta9=1"],
+        "opt.beta9: invalid value '1' (allowed: optimizer adamw keys",
+    ),
+    (
+        ["--task", "llm", "--opt", "adamw", "--set", "opt.beta2=1.5"],
+        "opt.beta2: invalid value 1.5 (allowed: float >= 0.0 and < 1.0)",
+    ),
+    (
+        ["--task", "llm", "--opt", "adamw", "--device", "tpu"],
+        "device: invalid value 'tpu' (allowed: cpu, cuda or cuda:N)",
+    ),
+    (
+        ["--task", "llm", "--opt", "adamw", "--set", "n_heads=3"],
+        "n_heads: invalid value 3 (allowed: a divisor of hidden_size=128)",
+    ),
+    (
+        ["--task", "spikes", "--opt", "po:lbfgs"],
+        "opt: invalid value 'po:lbfgs' (allowed: an optimizer that steps without a closure",
+    ),
 ]
 if not __import__("torch").cuda.is_available():  # a device this machine does not have
     BAD_INPUTS += [
-        (["--task", "spikes", "--opt", "adamw", "--device", "cuda"], "device: invalid value 'cuda' (allowed: cpu (no CUDA"),
-        (["--task", "llm", "--opt", "adamw", "--device", "cuda:99"], "device: invalid value 'cuda:99' (allowed: cpu (no CUDA"),
+        (
+            ["--task", "spikes", "--opt", "adamw", "--device", "cuda"],
+            "device: invalid value 'cuda' (allowed: cpu (no CUDA",
+        ),
+        (
+            ["--task", "llm", "--opt", "adamw", "--device", "cuda:99"],
+            "device: invalid value 'cuda:99' (allowed: cpu (no CUDA",
+        ),
     ]
 
 
@@ -44,8 +69,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expected, out_dir
 
 
 def test_console_script_exits_2_for_unknown_flag(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm", "--opt", "adamw", "--bogus"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unrecognized arguments: --bogus" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ Parametrized over every optimizer registered through entry points and a sample o
 kit's report must be ok and every skip must carry its reason. The kit must also catch a broken
 optimizer by name, take a plain Optimizer class, and give `spambench check-optimizer` its exit codes.
 """
+
 from __future__ import annotations
 
 from importlib.metadata import entry_points
@@ -62,7 +63,9 @@ def test_an_optimizer_class_is_a_target() -> None:
     report.raise_for_failures()
     assert isinstance(report, ConformanceReport) and report.optimizer == "SGD"
     assert {r.name for r in report.results if r.status == "skip"} == {
-        "roles_put_each_parameter_in_exactly_one_block", "an_unclassified_weight_fails_loudly"}
+        "roles_put_each_parameter_in_exactly_one_block",
+        "an_unclassified_weight_fails_loudly",
+    }
 
 
 def test_the_kit_leaves_threads_and_the_global_rng_as_found() -> None:
@@ -83,8 +86,10 @@ def test_check_optimizer_command_with_an_unknown_target_is_one_line_exit_2(capsy
     assert main(["no.such:thing"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err == ("spambench: error: optimizer: invalid value 'no.such:thing' (allowed: a registered name "
-                            "or module:attribute naming an OptimizerSpec, a factory or a torch.optim.Optimizer subclass)\n")
+    assert captured.err == (
+        "spambench: error: optimizer: invalid value 'no.such:thing' (allowed: a registered name "
+        "or module:attribute naming an OptimizerSpec, a factory or a torch.optim.Optimizer subclass)\n"
+    )
 
 
 def test_state_bytes_see_the_reduced_and_compact_states() -> None:
@@ -106,7 +111,7 @@ def test_state_bytes_see_the_reduced_and_compact_states() -> None:
     train(model, opt, 1, subject)
     v = {n: opt.state[p]["vmean"].numel() for n, p in model.named_parameters()}
     assert v["layers.0.self_attn.q_proj.weight"] == SHAPE.n_heads
-    assert v["layers.0.mlp.down_proj.weight"] == SHAPE.hidden_size      # one per output neuron
+    assert v["layers.0.mlp.down_proj.weight"] == SHAPE.hidden_size  # one per output neuron
     assert v["embed_tokens.weight"] == SHAPE.vocab_size and v["norm.weight"] == 1
 
     model = tiny_llama()
@@ -125,8 +130,17 @@ def test_the_kit_covers_the_whole_zoo() -> None:
     declared = {ep.name for ep in entry_points(group="spam_bench.optimizers")} - set(OPTIMIZERS.families)
     assert not OPTIMIZERS.broken
     assert declared <= set(NAMES)  # other tests may register more at run time: a subset, not equality
-    assert {"adamw", "spam", "adam", "adam_clip", "adafactor", "adam_mini", "galore", "spam_sparse",
-            "stable_spam"} <= declared
+    assert {
+        "adamw",
+        "spam",
+        "adam",
+        "adam_clip",
+        "adafactor",
+        "adam_mini",
+        "galore",
+        "spam_sparse",
+        "stable_spam",
+    } <= declared
     role_driven = {n for n in declared if OPTIMIZERS.get(n).needs_roles}
     assert role_driven <= set(conformance.ROLE_TREATMENTS)
     assert PO_SAMPLE == ["po:lion", "po:adopt"]

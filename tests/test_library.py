@@ -1,4 +1,5 @@
 """spam-bench as a library: one import name, the Python API, in-process plug-ins, the built wheel."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,7 @@ MY_LION = textwrap.dedent('''
             return loss
 ''')
 
-NOTEBOOK = MY_LION + textwrap.dedent('''
+NOTEBOOK = MY_LION + textwrap.dedent("""
     import spam_bench
     result = spam_bench.run("spikes", MyLion, scale="smoke", out="out", optimizer_kwargs={"betas": (0.9, 0.99)})
     assert result.status == "complete" and result.value is not None, result
@@ -57,7 +58,7 @@ NOTEBOOK = MY_LION + textwrap.dedent('''
     assert sorted(table["optimizer"]) == ["MyLion", "adamw", "spam"], table
     assert spam_bench.__file__.startswith(EXPECTED), spam_bench.__file__
     print("ok", result.value)
-''')
+""")
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +78,7 @@ def _decoys(where: Path) -> None:
 
 
 def test_no_top_level_layer_package_is_installed(tmp_path):
-    code = "import importlib.util as u; print([n for n in %r if u.find_spec(n)])" % (LAYERS,)
+    code = f"import importlib.util as u; print([n for n in {LAYERS!r} if u.find_spec(n)])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -85,16 +86,22 @@ def test_no_top_level_layer_package_is_installed(tmp_path):
 def test_a_notebook_with_decoy_modules_runs_and_compares_its_own_optimizer(tmp_path):
     _decoys(tmp_path)
     script = f"EXPECTED = {str(REPO)!r}\n" + NOTEBOOK
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok")
 
 
 def test_run_accepts_a_name_a_class_with_kwargs_and_a_factory(tmp_path):
     by_name = spam_bench.run("spikes", "adamw", scale="smoke", out=tmp_path)
-    by_class = spam_bench.run("spikes", torch.optim.SGD, scale="smoke", out=tmp_path,
-                              optimizer_kwargs={"momentum": 0.9})
+    by_class = spam_bench.run(
+        "spikes", torch.optim.SGD, scale="smoke", out=tmp_path, optimizer_kwargs={"momentum": 0.9}
+    )
 
     def heavy_ball(model, model_info, *, lr):
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -128,7 +135,7 @@ def test_sweeps_carry_importable_plugins_by_path_and_refuse_main_ones():
     local = type("NotebookOpt", (torch.optim.SGD,), {"__module__": "__main__"})
     name = spam_bench.register_optimizer(local)
     run = resolve(task="spikes", optimizer=name, scale="smoke")
-    with pytest.raises(ConfigError, match="entry point in group spam_bench.optimizers"):
+    with pytest.raises(ConfigError, match=r"entry point in group spam_bench\.optimizers"):
         carried_plugins([run])
     assert name in OPTIMIZERS.local
 
@@ -136,9 +143,12 @@ def test_sweeps_carry_importable_plugins_by_path_and_refuse_main_ones():
 @pytest.mark.slow
 def test_the_built_wheel_installs_in_a_fresh_venv_where_spambench_list_works(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(REPO)],
-                   check=True, capture_output=True)
-    wheel, = dist.glob("spam_bench-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = dist.glob("spam_bench-*.whl")
     assert list(dist.glob("spam_bench-*.tar.gz"))
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -151,9 +161,29 @@ def test_the_built_wheel_installs_in_a_fresh_venv_where_spambench_list_works(tmp
     listing = subprocess.run([venv / "bin" / "spambench", "list"], cwd=tmp_path, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
     assert "spikes" in listing.stdout and "spam " in listing.stdout
-    where = subprocess.run([venv / "bin" / "python", "-c", "import spam_bench.tasks.llm as m; print(m.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import spam_bench.tasks.llm as m; print(m.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(fresh_site))
-    smoke = subprocess.run([venv / "bin" / "spambench", "run", "--task", "llm", "--opt", "adamw", "--scale", "smoke",
-                            "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True)
+    smoke = subprocess.run(
+        [
+            venv / "bin" / "spambench",
+            "run",
+            "--task",
+            "llm",
+            "--opt",
+            "adamw",
+            "--scale",
+            "smoke",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert smoke.returncode == 0, smoke.stderr[-2000:]  # scale YAMLs and the tiny corpus ship with the wheel

@@ -1,10 +1,11 @@
 """The llm4bit fake quantizers, QLinear and the model swap: error bounds, groups, STE, outliers, rounding."""
+
 import pytest
 import torch
 from torch import nn
 
-from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.config import build_config
+from spam_bench.suite.errors import ConfigError
 from spam_bench.tasks.llm.model import Llama, LlamaShape
 from spam_bench.tasks.llm4bit import quant
 from spam_bench.tasks.llm4bit.config import LLM4bitConfig
@@ -25,10 +26,10 @@ def test_weight_error_is_within_half_a_step_of_each_group(bits, cols):
     wq = quant.int_asymmetric(w, bits, 256)
     assert wq.shape == w.shape and wq.dtype == w.dtype
     for chunk, qchunk in zip(_groups(w, 256), _groups(wq, 256)):
-        half_step = (chunk.amax(-1) - chunk.amin(-1)) / (2 ** bits - 1) / 2
+        half_step = (chunk.amax(-1) - chunk.amin(-1)) / (2**bits - 1) / 2
         assert ((qchunk - chunk).abs().amax(-1) <= half_step + TOL).all()
         # at most 2^b distinct values per group row
-        assert all(len(row.unique()) <= 2 ** bits for row in qchunk)
+        assert all(len(row.unique()) <= 2**bits for row in qchunk)
 
 
 def test_weight_group_padding_does_not_leak_into_the_last_group():

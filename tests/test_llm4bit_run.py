@@ -1,9 +1,10 @@
 """The llm4bit task end to end on the real tiny corpus: llm's scales, adamw and spam runs, resume."""
+
 import sys
 
 import pytest
-
 from conftest import sigkill_when, small_llm_sets
+
 from spam_bench.runners.cli import main
 from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import read_json, read_metrics
@@ -56,7 +57,9 @@ def test_other_formats_run_and_are_told_apart(out_dir):
         assert _run(out_dir, *small_llm_sets(steps=5, eval_every=5), f"format={fmt}") == 0
     summaries = [read_json(d / "summary.json") for d in _run_dirs(out_dir)]
     assert {(s["quant_format"], s["quant_act_group_size"], s["quant_weight_topk"]) for s in summaries} == {
-        ("w8a8", 64, 0), ("fp4", 256, 2)}
+        ("w8a8", 64, 0),
+        ("fp4", 256, 2),
+    }
     assert len({s["run_id"] for s in summaries}) == 2
 
 
@@ -67,8 +70,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert _run(straight, *sets) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm4bit", "--opt", "adamw",
-           "--out", str(killed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spam_bench.runners.cli",
+        "run",
+        "--task",
+        "llm4bit",
+        "--opt",
+        "adamw",
+        "--out",
+        str(killed),
+    ]
     for s in sets:
         cmd += ["--set", s]
     run_dir = sigkill_when(cmd, killed, "llm4bit", lambda lines: lines[-1]["step"] >= 23)

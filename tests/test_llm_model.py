@@ -1,4 +1,5 @@
 """The LLaMA model: the paper's parameter counts, complete roles, causality."""
+
 import pytest
 import torch
 
@@ -20,8 +21,11 @@ def test_paper_configs_have_the_logged_parameter_counts(scale):
 
 def _small() -> Llama:
     torch.manual_seed(0)
-    config = resolve(task="llm", optimizer="adamw", sets={"hidden_size": "32", "n_heads": "2", "n_layers": "2",
-                                                          "intermediate_size": "48"}).config
+    config = resolve(
+        task="llm",
+        optimizer="adamw",
+        sets={"hidden_size": "32", "n_heads": "2", "n_layers": "2", "intermediate_size": "48"},
+    ).config
     return Llama(model_shape(config, 64))
 
 

@@ -1,4 +1,5 @@
 """The llm task end to end on the real tiny corpus: training, the store, resume, divergence."""
+
 import json
 import signal
 import subprocess
@@ -6,6 +7,7 @@ import sys
 import time
 
 from conftest import sigkill_when, small_llm_sets
+
 from spam_bench.reports.build import write_leaderboard
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json, read_metrics
@@ -71,7 +73,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert _run(straight, *sets) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm", "--opt", "adamw", "--out", str(killed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spam_bench.runners.cli",
+        "run",
+        "--task",
+        "llm",
+        "--opt",
+        "adamw",
+        "--out",
+        str(killed),
+    ]
     for s in sets:
         cmd += ["--set", s]
     run_dir = sigkill_when(cmd, killed, "llm", lambda lines: lines[-1]["step"] >= 23)
@@ -98,7 +111,18 @@ def test_report_summarises_seeds_per_optimizer(out_dir):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     sets = small_llm_sets(steps=400, checkpoint_every=1000)  # only the interrupt can write a checkpoint
-    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "llm", "--opt", "adamw", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spam_bench.runners.cli",
+        "run",
+        "--task",
+        "llm",
+        "--opt",
+        "adamw",
+        "--out",
+        str(tmp_path),
+    ]
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

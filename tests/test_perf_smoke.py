@@ -1,4 +1,5 @@
 """`spambench perf` runs end to end on tiny shapes and writes its table and JSON."""
+
 from __future__ import annotations
 
 import json
@@ -14,4 +15,4 @@ def test_perf_small_shapes_prints_table_and_json(tmp_path, capsys) -> None:
     rows = {r["optimizer"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["spam dense"]["bytes_per_param"] == 8.0
     sparse = rows["spam density 0.25 (attn/MLP)"]
-    assert sparse["bytes_per_masked_param"] <= 8 * 0.25 + 1 + 0.05    # 12d B at d = 1/4: moments + int32 index
+    assert sparse["bytes_per_masked_param"] <= 8 * 0.25 + 1 + 0.05  # 12d B at d = 1/4: moments + int32 index

@@ -2,6 +2,7 @@
 
 Needs Debian's `chromium` package (.ci/run installs it); the test installs nothing and skips without it.
 """
+
 import re
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ def _near(pixels: np.ndarray, rgb: np.ndarray, tol: int = 6) -> int:
     return int((np.abs(pixels - rgb).max(axis=-1) <= tol).sum())
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found (Debian: apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not found (Debian: apt-get install chromium; .ci/run installs it)"
+)
 def test_html_page_renders_tables_and_plots_in_headless_chromium(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "runs")
     _, report_dir = write_leaderboard(tmp_path, all_code=True)
@@ -31,10 +34,21 @@ def test_html_page_renders_tables_and_plots_in_headless_chromium(tmp_path):
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)  # self-contained: nothing to fetch
 
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           (report_dir / "leaderboard.html").as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        (report_dir / "leaderboard.html").as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
 

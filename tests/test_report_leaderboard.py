@@ -4,6 +4,7 @@ Regenerate the golden file after an intended change with
     SPAMBENCH_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report_leaderboard.py
 and read its diff before committing it.
 """
+
 import os
 import shutil
 import time
@@ -35,7 +36,10 @@ def full_report(tmp_path_factory):
 
 def _row(markdown, section, optimizer):
     lines = markdown.split(f"### {section}\n", 1)[1].split("\n### ", 1)[0].splitlines()
-    return [c.strip().strip("*") for c in next(l for l in lines if f"| {optimizer} |" in l.replace("**", "")).split("|")[1:-1]]
+    return [
+        c.strip().strip("*")
+        for c in next(line for line in lines if f"| {optimizer} |" in line.replace("**", "")).split("|")[1:-1]
+    ]
 
 
 def test_leaderboard_markdown_matches_the_golden_file(full_report):
@@ -48,6 +52,7 @@ def test_leaderboard_markdown_matches_the_golden_file(full_report):
 
 def test_header_adds_up_the_complete_runs_wall_times(full_report):
     import json
+
     summaries = [json.loads(f.read_text()) for f in (FIXTURES / "report_runs" / "runs").glob("*/*/summary.json")]
     total = sum(s["wall_time_s"] for s in summaries)
     assert f"{len(summaries)} complete runs" in full_report[0]
@@ -57,11 +62,34 @@ def test_header_adds_up_the_complete_runs_wall_times(full_report):
 def test_the_report_folder_has_every_output(full_report):
     _, report_dir = full_report
     names = {p.name for p in report_dir.iterdir()}
-    assert {"results.parquet", "summary.md", "leaderboard.md", "leaderboard.html", "profile.png",
-            "curves-llm-tiny.png", "final-llm-tiny.png", "curves-rl-tiny.png", "final-rl-tiny.png"} <= names
+    assert {
+        "results.parquet",
+        "summary.md",
+        "leaderboard.md",
+        "leaderboard.html",
+        "profile.png",
+        "curves-llm-tiny.png",
+        "final-llm-tiny.png",
+        "curves-rl-tiny.png",
+        "final-rl-tiny.png",
+    } <= names
     long = pd.read_parquet(report_dir / "results.parquet")
-    assert {"task", "optimizer", "seed", "scale", "overrides", "opt_hparams", "optimizer_config", "versions",
-            "git_commit", "hardware", "split", "name", "step", "value"} <= set(long.columns)
+    assert {
+        "task",
+        "optimizer",
+        "seed",
+        "scale",
+        "overrides",
+        "opt_hparams",
+        "optimizer_config",
+        "versions",
+        "git_commit",
+        "hardware",
+        "split",
+        "name",
+        "step",
+        "value",
+    } <= set(long.columns)
 
 
 def test_incomplete_runs_are_ignored(store):

@@ -1,4 +1,5 @@
 """The paper's published numbers are matched to our runs by scale, quantization format and optimizer name."""
+
 from spam_bench.reports.paper import paper_name, published
 
 
@@ -10,4 +11,8 @@ def test_paper_numbers_follow_scale_format_and_optimizer_names():
     assert published("llm4bit", "paper-60m", {"format": "w4a4"})[2]  # only Figure 1 has 60M: approximate
     assert published("llm", "tiny", {}) is None and published("rl", "paper", {"env": "Hopper-v5"})[0]["SPAM"] == 3300
     assert [paper_name(o, c) for o, c in (("adamw", None), ("adamw", 1.0), ("adam_clip", None), ("po:lion", None))] == [
-        "Adam", "Adam + GradClip", "Adam + GradClip", None]
+        "Adam",
+        "Adam + GradClip",
+        "Adam + GradClip",
+        None,
+    ]

@@ -1,4 +1,5 @@
 """The leaderboard's statistics, each checked against an independent numpy/scipy computation."""
+
 import math
 
 import numpy as np
@@ -13,8 +14,14 @@ from spam_bench.reports.leaderboard import across, entries
 def test_bootstrap_ci_matches_scipys_percentile_bootstrap():
     x = np.array([101.2, 99.8, 100.5, 98.1, 102.9])
     ours = stats.bootstrap_ci(x)
-    ref = sps.bootstrap((x,), np.mean, n_resamples=stats.BOOTSTRAP_RESAMPLES, method="percentile",
-                        confidence_level=stats.CONFIDENCE, rng=np.random.default_rng(stats.BOOTSTRAP_SEED))
+    ref = sps.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=stats.BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        confidence_level=stats.CONFIDENCE,
+        rng=np.random.default_rng(stats.BOOTSTRAP_SEED),
+    )
     assert ours == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
     assert ours[0] < x.mean() < ours[1]
 
@@ -59,10 +66,26 @@ def _runs(values: dict[str, list[float | None]], direction: str = "min") -> pd.D
     rows = []
     for opt, vals in values.items():
         for seed, v in enumerate(vals):
-            rows.append({"task": "t", "scale": "tiny", "problem": "defaults", "optimizer": opt, "recipe": "defaults",
-                         "seed": seed, "status": "diverged" if v is None else "complete", "value": v,
-                         "primary_metric": "m", "direction": direction, "steps": 10, "wall_time_s": 5.0,
-                         "optimizer_state_bytes": 8.0, "grad_clip": None, "task_config": "{}", "run_id": f"{opt}{seed}"})
+            rows.append(
+                {
+                    "task": "t",
+                    "scale": "tiny",
+                    "problem": "defaults",
+                    "optimizer": opt,
+                    "recipe": "defaults",
+                    "seed": seed,
+                    "status": "diverged" if v is None else "complete",
+                    "value": v,
+                    "primary_metric": "m",
+                    "direction": direction,
+                    "steps": 10,
+                    "wall_time_s": 5.0,
+                    "optimizer_state_bytes": 8.0,
+                    "grad_clip": None,
+                    "task_config": "{}",
+                    "run_id": f"{opt}{seed}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -80,10 +103,14 @@ def test_mean_rank_across_tasks_matches_a_direct_computation():
     a = _runs({"adamw": [2.0, 2.2], "spam": [1.0, 1.4], "adam": [3.0, 3.0]})
     b = _runs({"adamw": [50.0, 60.0], "spam": [55.0, 45.0], "adam": [70.0, 65.0]}, "max").assign(task="u")
     result = across(entries(pd.concat([a, b], ignore_index=True)))
-    r_a = sps.rankdata([3.0, 2.1, 1.2])        # adam, adamw, spam means on t (lower is better)
+    r_a = sps.rankdata([3.0, 2.1, 1.2])  # adam, adamw, spam means on t (lower is better)
     r_b = sps.rankdata([-67.5, -55.0, -50.0])  # on u (higher is better)
     expected = pd.Series((r_a + r_b) / 2, index=["adam", "adamw", "spam"])
     pd.testing.assert_series_equal(result.mean_rank.sort_index(), expected, check_names=False)
-    p_spam = np.mean([stats.probability_of_improvement([1.0, 1.4], [2.0, 2.2], "min"),
-                      stats.probability_of_improvement([55.0, 45.0], [50.0, 60.0], "max")])
+    p_spam = np.mean(
+        [
+            stats.probability_of_improvement([1.0, 1.4], [2.0, 2.2], "min"),
+            stats.probability_of_improvement([55.0, 45.0], [50.0, 60.0], "max"),
+        ]
+    )
     assert result.poi["spam"] == (pytest.approx(p_spam), 2)

@@ -1,4 +1,5 @@
 """The results store: atomic writes, complete-only reading, and metrics truncated back on resume."""
+
 import json
 
 import torch

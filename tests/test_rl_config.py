@@ -1,4 +1,5 @@
 """The rl task's configuration: rl-zoo's recipe per env, overrides, and one-line errors."""
+
 import pytest
 
 from spam_bench.runners.cli import main

@@ -1,31 +1,40 @@
 """The rl task end to end on real MuJoCo: PPO trains with the suite's optimizer, evaluates, resumes."""
+
 import dataclasses
 import json
 import sys
 
 import pytest
 import torch
+from conftest import sigkill_when
 from stable_baselines3 import PPO
 
-from conftest import sigkill_when
 from spam_bench.optimizers.adamw import SPEC as ADAMW
 from spam_bench.optimizers.adamw import make as make_adamw
 from spam_bench.runners.cli import main
-from spam_bench.suite.registry import OptimizerSpec
-from spam_bench.suite.resolve import resolve
 from spam_bench.suite.context import RunContext
 from spam_bench.suite.interrupt import StopRequest
+from spam_bench.suite.registry import OptimizerSpec
+from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import RunRecorder, read_json, read_metrics
 from spam_bench.tasks.rl.train import Trainer
 
 # Two 256-step rollouts per 512 steps, 8 optimizer steps each; one 1000-step evaluation episode.
-SMALL = {"total_timesteps": 1024, "n_steps": 256, "batch_size": 64, "n_epochs": 2,
-         "eval_every": 512, "eval_episodes": 1, "checkpoint_every": 256}
+SMALL = {
+    "total_timesteps": 1024,
+    "n_steps": 256,
+    "batch_size": 64,
+    "n_epochs": 2,
+    "eval_every": 512,
+    "eval_episodes": 1,
+    "checkpoint_every": 256,
+}
 SPY: dict[str, list] = {"optimizers": [], "steps": [], "model_info": []}
 
 
 def spy_spec(two_groups: bool = False) -> OptimizerSpec:
     """AdamW that remembers what it built and counts its steps (not registered: handed to the run)."""
+
     def make(model, model_info, *, lr, **hparams):
         if two_groups:  # log_std at a tenth of the base lr: a per-group scale SB3 must not flatten
             others = [p for n, p in model.named_parameters() if n != "log_std"]
@@ -36,6 +45,7 @@ def spy_spec(two_groups: bool = False) -> OptimizerSpec:
         SPY["optimizers"].append(opt)
         SPY["model_info"].append(model_info)
         return opt
+
     return OptimizerSpec("spy", make, ADAMW.config_cls, "AdamW, observed")
 
 
@@ -82,8 +92,17 @@ def metric(run_dir, split, name):
     return [(m["step"], m["value"]) for m in read_metrics(run_dir) if m["split"] == split and m["name"] == name]
 
 
-SAME = ("value", "eval_returns", "eval_curve", "eval_auc", "steps", "updates", "optimizer_steps",
-        "train_episode_return", "train_episodes")
+SAME = (
+    "value",
+    "eval_returns",
+    "eval_curve",
+    "eval_auc",
+    "steps",
+    "updates",
+    "optimizer_steps",
+    "train_episode_return",
+    "train_episodes",
+)
 
 
 @pytest.fixture(scope="module")
@@ -182,12 +201,24 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert cli(tmp_path / "straight", **changes) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "spam_bench.runners.cli", "run", "--task", "rl", "--opt", "adamw",
-           "--out", str(killed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spam_bench.runners.cli",
+        "run",
+        "--task",
+        "rl",
+        "--opt",
+        "adamw",
+        "--out",
+        str(killed),
+    ]
     for k, v in sets(**changes).items():
         cmd += ["--set", f"{k}={v}"]
     # an update after step 1024 was logged: the checkpoint at 1024 exists
-    run_dir = sigkill_when(cmd, killed, "rl", lambda lines: any(m["name"] == "loss" and m["step"] > 1024 for m in lines))
+    run_dir = sigkill_when(
+        cmd, killed, "rl", lambda lines: any(m["name"] == "loss" and m["step"] > 1024 for m in lines)
+    )
 
     assert cli(killed, **changes) == 0
     a, b = read_json(only_run_dir(tmp_path / "straight") / "summary.json"), read_json(run_dir / "summary.json")

@@ -1,12 +1,14 @@
 """SPAM behaviours, one per test, on tiny tensors (docs/spam.md#update-rule to #sparse-momentum)."""
+
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from spam_bench.optimizers.spam import SPAM, SPAMConfig, SPEC, make, warmup_factor
+from spam_bench.optimizers.spam import SPAM, SPEC, SPAMConfig, make, warmup_factor
 from spam_bench.suite.config import build_config
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.model_info import ModelInfo
@@ -69,7 +71,7 @@ def test_warmup_factor_curve_is_001_at_reset_and_exactly_1_at_n() -> None:
     values = [warmup_factor(c, 150) for c in range(152)]
     assert values[0] == pytest.approx(0.01, abs=1e-12)
     assert values[150] == 1.0 and values[151] == 1.0 and values[149] < 1.0
-    assert all(a <= b for a, b in zip(values, values[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(values))
     assert values[75] == pytest.approx(0.5, abs=0.01)
     assert warmup_factor(0, 0) == 1.0
 
@@ -84,12 +86,13 @@ def test_warmup_scales_updates_after_a_reset_but_not_at_the_start() -> None:
             run_constant(opt, p, 1)
             out.append(p.item() - before)
         return out
+
     warm, plain = deltas(4), deltas(0)
     ratio = [w / q for w, q in zip(warm, plain)]
-    assert ratio[:9] == pytest.approx([1.0] * 9)                       # calls 1-9: no warmup at the start
-    assert ratio[9] == pytest.approx(0.01, rel=1e-4)                   # call 10: the reset call
+    assert ratio[:9] == pytest.approx([1.0] * 9)  # calls 1-9: no warmup at the start
+    assert ratio[9] == pytest.approx(0.01, rel=1e-4)  # call 10: the reset call
     assert ratio[10] == pytest.approx(warmup_factor(1, 4), rel=1e-4)
-    assert ratio[13:] == pytest.approx([1.0] * 3)                      # calls 14-16: C >= N
+    assert ratio[13:] == pytest.approx([1.0] * 3)  # calls 14-16: C >= N
 
 
 def test_bias_correction_count_is_not_reset() -> None:
@@ -119,19 +122,20 @@ def test_initial_mask_has_floor_of_density_times_numel_entries(density: float) -
 @pytest.mark.parametrize("kernel", ["eager", "native"])
 def test_masks_pack_and_update_across_blocks_chunks_and_a_ragged_tail(kernel: str) -> None:
     from spam_bench.optimizers import spam_native
+
     if kernel == "native" and spam_native.load() is None:
         pytest.skip(f"the C kernel is unavailable: {spam_native.unavailable_reason()}")
     gen = torch.Generator().manual_seed(0)
-    p = torch.zeros(301, 997, requires_grad=True)    # 300,097 positions: many chunks, a tail of 1 bit
+    p = torch.zeros(301, 997, requires_grad=True)  # 300,097 positions: many chunks, a tail of 1 bit
     opt = SPAM([{"params": [p], "density": 0.6}], lr=1e-2, block_size=70_000, kernel=kernel)
     mask = opt.mask(p)
     assert int(mask.sum()) == int(0.6 * p.numel()) and opt.state[p]["mask_bits"].numel() == 37_520
     p.grad = torch.randn(p.shape, generator=gen)
-    opt.step()                                        # eager: blocks of 70,000 positions
+    opt.step()  # eager: blocks of 70,000 positions
     moved = p.detach() != 0
     assert torch.equal(moved, mask)
     root = math.sqrt(1 - B2)
-    expected = -1e-2 * p.grad * root / (root * p.grad.abs() + 1e-6)   # first Adam step
+    expected = -1e-2 * p.grad * root / (root * p.grad.abs() + 1e-6)  # first Adam step
     torch.testing.assert_close(p.detach()[mask], expected[mask], rtol=1e-5, atol=1e-8)
 
 
@@ -145,7 +149,7 @@ def test_masks_resample_at_the_end_of_calls_delta_t_minus_one() -> None:
         changed.append(not torch.equal(before, opt.mask(p)))
     assert [c for c, flag in enumerate(changed, 1) if flag] == [5, 11]
     assert opt.state[p]["exp_avg"].numel() == int(opt.mask(p).sum())
-    assert 60 < int(opt.mask(p).sum()) < 140                           # Bernoulli(0.25) of 400
+    assert 60 < int(opt.mask(p).sum()) < 140  # Bernoulli(0.25) of 400
 
 
 def test_only_masked_entries_move() -> None:
@@ -164,10 +168,10 @@ def test_weight_decay_reaches_dense_and_masked_params_everywhere() -> None:
     dense, masked = torch.randn(5).requires_grad_(), torch.randn(6, 6).requires_grad_()
     d0, m0 = dense.detach().clone(), masked.detach().clone()
     opt = SPAM([{"params": [dense]}, {"params": [masked], "density": 0.25}], lr=0.1, weight_decay=0.1)
-    dense.grad, masked.grad = torch.zeros(5), torch.zeros(6, 6)        # zero update, decay only
+    dense.grad, masked.grad = torch.zeros(5), torch.zeros(6, 6)  # zero update, decay only
     opt.step()
     torch.testing.assert_close(dense.detach(), d0 - 0.01 * d0)
-    torch.testing.assert_close(masked.detach(), m0 - 0.01 * m0)       # outside the mask too
+    torch.testing.assert_close(masked.detach(), m0 - 0.01 * m0)  # outside the mask too
 
 
 def test_reset_interval_zero_never_resets_or_resamples() -> None:
@@ -212,10 +216,11 @@ def test_spike_inflates_adams_state_but_not_spams() -> None:
             opt.step()
             peak = max(peak, opt.state[p]["exp_avg_sq"].max().item())
         return peak, float(((p.detach() - target) ** 2).mean())
+
     adam_v, adam_loss = train(torch.optim.Adam, eps=1e-6)
     spam_v, spam_loss = train(SPAM, clip_delay=5)
     assert adam_v > 1e3 and spam_v < 10.0
-    assert spam_loss < 0.5 * adam_loss                                 # Adam stalls behind its inflated v
+    assert spam_loss < 0.5 * adam_loss  # Adam stalls behind its inflated v
 
 
 def test_params_without_grad_are_skipped_but_reset_and_counters_are_global() -> None:
@@ -227,7 +232,7 @@ def test_params_without_grad_are_skipped_but_reset_and_counters_are_global() -> 
         opt.step()
     assert opt.state[a]["step"] == 4 and opt.state[b]["step"] == 2
     assert opt.state_dict()["spam"]["step"] == 4
-    assert torch.count_nonzero(opt.state[b]["exp_avg"]) == 0         # reset at call 4 without a grad
+    assert torch.count_nonzero(opt.state[b]["exp_avg"]) == 0  # reset at call 4 without a grad
 
 
 def test_lr_scheduler_and_closure() -> None:
@@ -240,6 +245,7 @@ def test_lr_scheduler_and_closure() -> None:
         loss = (p**2).sum()
         loss.backward()
         return loss
+
     assert opt.step(closure).item() == pytest.approx(3.0)
     sched.step()
     moved = p.detach().clone()
@@ -255,22 +261,45 @@ def test_density_group_rejects_non_2d_params() -> None:
 
 
 def test_factory_masks_only_2d_attention_and_mlp_weights() -> None:
-    model = torch.nn.ModuleDict({"embed": torch.nn.Embedding(10, 4), "q": torch.nn.Linear(4, 4, bias=False),
-                                 "mlp": torch.nn.Linear(4, 8), "norm": torch.nn.LayerNorm(4, bias=False),
-                                 "head": torch.nn.Linear(4, 10, bias=False)})
-    info = ModelInfo(roles={"embed.weight": "embedding", "q.weight": "attn_q", "mlp.weight": "mlp",
-                            "mlp.bias": "mlp", "norm.weight": "norm", "head.weight": "output"})
+    model = torch.nn.ModuleDict(
+        {
+            "embed": torch.nn.Embedding(10, 4),
+            "q": torch.nn.Linear(4, 4, bias=False),
+            "mlp": torch.nn.Linear(4, 8),
+            "norm": torch.nn.LayerNorm(4, bias=False),
+            "head": torch.nn.Linear(4, 10, bias=False),
+        }
+    )
+    info = ModelInfo(
+        roles={
+            "embed.weight": "embedding",
+            "q.weight": "attn_q",
+            "mlp.weight": "mlp",
+            "mlp.bias": "mlp",
+            "norm.weight": "norm",
+            "head.weight": "output",
+        }
+    )
     opt = make(model, info, lr=1e-3, density=0.25)
     dense, sparse = opt.param_groups
     assert "density" not in dense and sparse["density"] == 0.25
     assert {id(p) for p in sparse["params"]} == {id(model["q"].weight), id(model["mlp"].weight)}
-    assert len(dense["params"]) == 4                                  # embed, mlp.bias, norm, head
+    assert len(dense["params"]) == 4  # embed, mlp.bias, norm, head
     assert len(make(model, info, lr=1e-3).param_groups) == 1
     assert SPEC.name == "spam" and SPEC.build(model, info, 1e-3, {"density": "0.5"}).param_groups[1]["density"] == 0.5
 
 
-@pytest.mark.parametrize("field, value", [("density", 0), ("density", 1.5), ("reset_interval", -1),
-                                          ("spike_threshold", -1), ("state_dtype", "fp16"), ("clip_delay", 2.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("density", 0),
+        ("density", 1.5),
+        ("reset_interval", -1),
+        ("spike_threshold", -1),
+        ("state_dtype", "fp16"),
+        ("clip_delay", 2.5),
+    ],
+)
 def test_config_rejects_out_of_range_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         build_config(SPAMConfig, {field: value})

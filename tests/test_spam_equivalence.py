@@ -1,4 +1,5 @@
 """SPAM's fast path against the literal oracle, pytorch_optimizer, itself after a checkpoint, and bf16."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -8,13 +9,17 @@ import shutil
 
 import pytest
 import torch
+from spam_oracle import OracleSPAM
 
 from spam_bench.optimizers import spam_native
 from spam_bench.optimizers.spam import SPAM
-from spam_oracle import OracleSPAM
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="no CUDA device on this machine"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    ),
+]
 SHAPES = {"masked_a": (12, 10), "masked_b": (6, 16), "dense_2d": (7, 5), "dense_1d": (9,), "sometimes": (4, 3)}
 
 
@@ -40,7 +45,7 @@ def grads(step: int, ps: dict[str, torch.Tensor], seed: int = 1, skip: bool = Tr
         if step % 97 == 5:
             g.view(-1)[step % g.numel()] *= 1e4
         if k == "dense_2d" and step % 500 < 25:
-            g[0] = 0.0                                   # a row that first sees a gradient in the clip window
+            g[0] = 0.0  # a row that first sees a gradient in the clip window
         out[k] = None if (skip and k == "sometimes" and step % 3 == 0) else g.to(device=p.device, dtype=p.dtype)
     return out
 
@@ -52,25 +57,39 @@ def drive(opt, ps: dict[str, torch.Tensor], steps: range, seed: int = 1) -> None
         opt.step()
 
 
-HP = dict(lr=1e-2, weight_decay=0.01, eps=1e-6, reset_interval=500, warmup_steps=150, spike_threshold=5000.0,
-          clip_delay=20)
+HP = dict(
+    lr=1e-2, weight_decay=0.01, eps=1e-6, reset_interval=500, warmup_steps=150, spike_threshold=5000.0, clip_delay=20
+)
 
 
-KERNELS = ["eager",
-           pytest.param("native", marks=pytest.mark.skipif(spam_native.load() is None, reason=f"the C kernel is "
-                                                          f"unavailable: {spam_native.unavailable_reason()}")),
-           pytest.param("compiled", marks=pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
-                                                             reason="torch.compile needs a C++ compiler"))]
+KERNELS = [
+    "eager",
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            spam_native.load() is None, reason=f"the C kernel is unavailable: {spam_native.unavailable_reason()}"
+        ),
+    ),
+    pytest.param(
+        "compiled",
+        marks=pytest.mark.skipif(
+            shutil.which("g++") is None and shutil.which("cc") is None, reason="torch.compile needs a C++ compiler"
+        ),
+    ),
+]
 
 
-PORTABLE = pytest.param("x86-64-v3", marks=pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 -march"))
+PORTABLE = pytest.param(
+    "x86-64-v3", marks=pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 -march")
+)
 
 
-@pytest.mark.parametrize("block_size", [None, 7], ids=["whole", "blocks_of_7"])   # 7: many blocks, shared ones
+@pytest.mark.parametrize("block_size", [None, 7], ids=["whole", "blocks_of_7"])  # 7: many blocks, shared ones
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(device: str, kernel: str,
-                                                                                  block_size: int | None) -> None:
+def test_fast_path_matches_oracle_over_1200_steps_with_spikes_resets_and_resampling(
+    device: str, kernel: str, block_size: int | None
+) -> None:
     if kernel == "native" and (device != "cpu" or block_size):
         pytest.skip("the C kernel takes CPU tensors whole (block_size is the torch-ops kernel's)")
     check_against_oracle(device, kernel, block_size)
@@ -88,7 +107,9 @@ def test_c_kernel_without_avx512_matches_oracle(march: str, monkeypatch: pytest.
 
 def check_against_oracle(device: str, kernel: str, block_size: int | None) -> None:
     fast_p, ref_p = make_params(device), make_params(device)
-    fast = SPAM(groups(fast_p, 0.4), **HP, mask_seed=7, kernel=kernel, **({"block_size": block_size} if block_size else {}))
+    fast = SPAM(
+        groups(fast_p, 0.4), **HP, mask_seed=7, kernel=kernel, **({"block_size": block_size} if block_size else {})
+    )
     ref = OracleSPAM(groups(ref_p, 0.4), **HP, mask_seed=7)
     for t in range(1, 1201):
         for k, g in grads(t, fast_p).items():
@@ -98,11 +119,13 @@ def check_against_oracle(device: str, kernel: str, block_size: int | None) -> No
         ref.step()
         if t in (499, 500, 501, 1000, 1200):
             for k in SHAPES:
-                torch.testing.assert_close(fast_p[k].detach(), ref_p[k].detach(), rtol=1e-6, atol=1e-6, msg=f"{k} t={t}")
+                torch.testing.assert_close(
+                    fast_p[k].detach(), ref_p[k].detach(), rtol=1e-6, atol=1e-6, msg=f"{k} t={t}"
+                )
     for k in ("masked_a", "masked_b"):
         assert torch.equal(fast.mask(fast_p[k]), ref.state[ref_p[k]]["mask"])
         torch.testing.assert_close(fast.state[fast_p[k]]["exp_avg_sq"], ref.state[ref_p[k]]["v"], rtol=1e-5, atol=1e-9)
-    assert fast.state[fast_p["dense_2d"]]["exp_avg_sq"][0].eq(0).all()   # the frozen-row quirk, reproduced
+    assert fast.state[fast_p["dense_2d"]]["exp_avg_sq"][0].eq(0).all()  # the frozen-row quirk, reproduced
 
 
 def test_matches_pytorch_optimizer_before_the_first_reset() -> None:
@@ -111,10 +134,19 @@ def test_matches_pytorch_optimizer_before_the_first_reset() -> None:
     assert version >= (4, 1), "pytorch_optimizer 3.x SPAM does not clip (docs/measured-facts.md#pytorch-optimizer-spam)"
     ours_p, theirs_p = make_params("cpu"), make_params("cpu")
     ours = SPAM(groups(ours_p, density=None), lr=1e-2, clip_delay=20, warmup_steps=150, reset_interval=500)
-    theirs = po.SPAM(groups(theirs_p, density=None), lr=1e-2, density=1.0, weight_decay=0.0, warmup_epoch=150,
-                     threshold=5000, grad_accu_steps=20, update_proj_gap=500, eps=1e-6)
+    theirs = po.SPAM(
+        groups(theirs_p, density=None),
+        lr=1e-2,
+        density=1.0,
+        weight_decay=0.0,
+        warmup_epoch=150,
+        threshold=5000,
+        grad_accu_steps=20,
+        update_proj_gap=500,
+        eps=1e-6,
+    )
     for t in range(1, 400):
-        for k, g in grads(t, ours_p, skip=False).items():    # PO counts bias correction per group
+        for k, g in grads(t, ours_p, skip=False).items():  # PO counts bias correction per group
             ours_p[k].grad = g
             theirs_p[k].grad = None if g is None else g.clone()
         ours.step()
@@ -138,7 +170,7 @@ def test_state_dict_round_trip_continues_bit_identically(device: str) -> None:
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
     resumed_p = {k: v.clone().requires_grad_() for k, v in ckpt["params"].items()}
-    resumed = SPAM(groups(resumed_p, 0.4), **{**kw, "mask_seed": 99})     # generator state comes from the checkpoint
+    resumed = SPAM(groups(resumed_p, 0.4), **{**kw, "mask_seed": 99})  # generator state comes from the checkpoint
     resumed.load_state_dict(ckpt["opt"])
     drive(resumed, resumed_p, range(21, 41))
 
@@ -151,10 +183,12 @@ def test_state_dict_round_trip_continues_bit_identically(device: str) -> None:
 
 
 @pytest.mark.parametrize("state_dtype, expected", [("param", torch.bfloat16), ("float32", torch.float32)])
-def test_bfloat16_params_train_close_to_float32_with_chosen_state_dtype(state_dtype: str, expected: torch.dtype) -> None:
+def test_bfloat16_params_train_close_to_float32_with_chosen_state_dtype(
+    state_dtype: str, expected: torch.dtype
+) -> None:
     kw = dict(lr=1e-2, reset_interval=20, warmup_steps=5, clip_delay=3)
     low_p, ref_p = make_params("cpu", torch.bfloat16), make_params("cpu")
-    for k in SHAPES:                                                  # same starting point
+    for k in SHAPES:  # same starting point
         ref_p[k].data.copy_(low_p[k].detach().float())
     start = {k: v.detach().clone() for k, v in ref_p.items()}
     low = SPAM(groups(low_p), **kw, state_dtype=state_dtype)

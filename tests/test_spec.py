@@ -1,4 +1,5 @@
 """RunSpec identity: the run_id is stable and depends on meaning, not spelling or order."""
+
 from spam_bench.suite.resolve import resolve
 from spam_bench.suite.spec import RunSpec
 

@@ -1,14 +1,21 @@
 """Spike instruments: the GSS formula, planted-spike counting, injection that ignores the optimizer."""
+
 import numpy as np
 import pytest
 import torch
 
-from spam_bench.suite.model_info import ModelInfo
-from spam_bench.suite.spike_config import SpikeFields
 from spam_bench.suite.clipping import ClipRule
 from spam_bench.suite.instruments import Instruments
-from spam_bench.suite.spikes import (GradientTelemetry, LossSpikeDetector, RecoveryTracker, SpikeInjector, gss,
-                          gss_spike_counts)
+from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.spike_config import SpikeFields
+from spam_bench.suite.spikes import (
+    GradientTelemetry,
+    LossSpikeDetector,
+    RecoveryTracker,
+    SpikeInjector,
+    gss,
+    gss_spike_counts,
+)
 
 
 def test_gss_is_magnitude_over_the_mean_magnitude_of_the_whole_trajectory():
@@ -25,7 +32,11 @@ def test_spike_counting_finds_exactly_the_planted_spikes():
         trace[step, col] = 1e3 * np.sign(rng.standard_normal())
     found = {tuple(x) for x in np.argwhere(gss(trace) > 50)}
     assert found == planted
-    assert gss_spike_counts(trace, ["norm", "norm", "mlp", "mlp", "output", "output"]) == {"norm": 2, "mlp": 1, "output": 1}
+    assert gss_spike_counts(trace, ["norm", "norm", "mlp", "mlp", "output", "output"]) == {
+        "norm": 2,
+        "mlp": 1,
+        "output": 1,
+    }
 
 
 def _fields(**changes) -> SpikeFields:
@@ -86,8 +97,15 @@ def test_spam_reports_exactly_the_entries_it_clipped_and_its_resets(kernel: str)
     model, info = _model_and_info()
     opt = SPAM(model.parameters(), lr=1e-3, reset_interval=40, clip_delay=5, spike_threshold=5000.0, kernel=kernel)
     logged: dict[int, dict[str, float]] = {}
-    instruments = Instruments(model, info, _fields(), seed=0, optimizer=opt, clip=ClipRule(None, None),
-                              log=lambda step, split, metrics: logged.setdefault(step, {}).update(metrics))
+    instruments = Instruments(
+        model,
+        info,
+        _fields(),
+        seed=0,
+        optimizer=opt,
+        clip=ClipRule(None, None),
+        log=lambda step, split, metrics: logged.setdefault(step, {}).update(metrics),
+    )
     weight = model[0].weight
     for step in range(1, 61):
         for p in model.parameters():

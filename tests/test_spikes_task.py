@@ -1,4 +1,5 @@
 """The `spikes` task end to end, and the SPAM ablations it exists for."""
+
 import pytest
 
 from spam_bench.runners.cli import main
@@ -40,7 +41,7 @@ def test_report_shows_spike_counts_and_robustness_per_optimizer(out_dir):
 
     _run(out_dir, "adamw")
     markdown, _ = write_leaderboard(out_dir, plots=False)
-    section = markdown[markdown.index("## Gradient spikes"):]
+    section = markdown[markdown.index("## Gradient spikes") :]
     row = next(line for line in section.splitlines() if line.startswith("| adamw |"))
     summary = next(iter(read_json(p) for p in out_dir.glob("runs/spikes/*/summary.json")))
     assert f"other {summary['gss_spikes']['other']}" in row

@@ -1,4 +1,5 @@
 """Sweeps on a real (embedded) Ray: expansion and errors, landing in the store, retries, resume."""
+
 import json
 import os
 import signal
@@ -7,10 +8,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import small_llm_sets
+
 from spam_bench.runners.cli import main
-from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.suite.sweep import expand, parse_grid, parse_seeds
 
@@ -38,16 +38,22 @@ def test_expand_is_optimizers_x_grid_x_seeds_with_distinct_run_ids():
     assert len(runs) == 4 and len({r.spec.run_id for r in runs}) == 4
 
 
-@pytest.mark.parametrize("extra,expected", [
-    (["--opt", "adamw,nope"], "optimizer: invalid value 'nope'"),
-    (["--opt", "adamw", "--seeds", "3-1"], "seeds: invalid value '3-1'"),
-    (["--opt", "adamw", "--seeds", "a"], "seeds: invalid value 'a'"),
-    (["--opt", "adamw", "--grid", "lr"], "--grid: invalid value 'lr' (allowed: key=value)"),
-    (["--opt", "adamw", "--grid", "lr=1e-3,,2e-3"], "--grid: invalid value 'lr=1e-3,,2e-3'"),
-    (["--opt", "adamw", "--grid", "lr=1e-3,-1"], "lr: invalid value -1.0 (allowed: float > 0.0)"),
-    (["--opt", "adamw", "--address", "127.0.0.1:1"], "address: invalid value '127.0.0.1:1' (allowed: a reachable Ray head"),
-    (["--opt", "adamw", "--address", "nohostport"], "address: invalid value 'nohostport'"),
-])
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (["--opt", "adamw,nope"], "optimizer: invalid value 'nope'"),
+        (["--opt", "adamw", "--seeds", "3-1"], "seeds: invalid value '3-1'"),
+        (["--opt", "adamw", "--seeds", "a"], "seeds: invalid value 'a'"),
+        (["--opt", "adamw", "--grid", "lr"], "--grid: invalid value 'lr' (allowed: key=value)"),
+        (["--opt", "adamw", "--grid", "lr=1e-3,,2e-3"], "--grid: invalid value 'lr=1e-3,,2e-3'"),
+        (["--opt", "adamw", "--grid", "lr=1e-3,-1"], "lr: invalid value -1.0 (allowed: float > 0.0)"),
+        (
+            ["--opt", "adamw", "--address", "127.0.0.1:1"],
+            "address: invalid value '127.0.0.1:1' (allowed: a reachable Ray head",
+        ),
+        (["--opt", "adamw", "--address", "nohostport"], "address: invalid value 'nohostport'"),
+    ],
+)
 def test_bad_sweep_input_fails_in_one_line_before_ray_starts(extra, expected, out_dir, capsys):
     assert main(_sweep_argv(out_dir, *extra)) == 2
     err = capsys.readouterr().err
@@ -61,7 +67,9 @@ def test_sweep_lands_in_the_store_and_matches_the_local_runner(out_dir, tmp_path
     assert len(runs) == 4 and all(s["status"] == "complete" for s in runs.values())
     assert not list(out_dir.glob("runs/llm/*/.*tmp*"))
     # Tune hears evaluations, checkpoints and the end, never the per-step training/telemetry lines
-    reports = [json.loads(line) for path in out_dir.glob("ray/*/*/result.json") for line in path.read_text().splitlines()]
+    reports = [
+        json.loads(line) for path in out_dir.glob("ray/*/*/result.json") for line in path.read_text().splitlines()
+    ]
     assert any("val_ppl" in r for r in reports)
     assert not [k for r in reports for k in r if k.startswith(("train_", "optim_"))]
     assert len(reports) == 4 * (2 + 4 + 1)  # per trial: evaluations at 10, 20; checkpoints every 5; the end
@@ -85,14 +93,26 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint_and_completes(out_dir, 
     (summary,) = _summaries(out_dir).values()
     assert summary["status"] == "complete" and summary["steps"] == 20
     assert (tmp_path / "faults" / f"{summary['run_id']}.crashed").read_text() == "13\n"
-    steps = [m["step"] for m in read_metrics(out_dir / "runs" / "llm" / summary["run_id"]) if m["name"] == "loss" and m["split"] == "train"]
+    steps = [
+        m["step"]
+        for m in read_metrics(out_dir / "runs" / "llm" / summary["run_id"])
+        if m["name"] == "loss" and m["split"] == "train"
+    ]
     assert steps == list(range(1, 21)), "a retry must neither lose nor repeat metrics"
 
 
 def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
     out = tmp_path / "out"
-    argv = _sweep_argv(out, "--opt", "adamw", "--seeds", "0-3", "--max-concurrent", "1",
-                       sets=small_llm_sets(steps=400, eval_every=100, checkpoint_every=20))
+    argv = _sweep_argv(
+        out,
+        "--opt",
+        "adamw",
+        "--seeds",
+        "0-3",
+        "--max-concurrent",
+        "1",
+        sets=small_llm_sets(steps=400, eval_every=100, checkpoint_every=20),
+    )
     cmd = [sys.executable, "-m", "spam_bench.runners.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -110,9 +130,13 @@ def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
     proc.wait()
     done_before = len(_summaries(out))
     assert 1 <= done_before < 4, "the kill must land mid-sweep"
-    assert main(argv + ["--resume"]) == 0
+    assert main([*argv, "--resume"]) == 0
     runs = _summaries(out)
     assert len(runs) == 4 and all(s["status"] == "complete" and s["steps"] == 400 for s in runs.values())
     for run_id in runs:
-        steps = [m["step"] for m in read_metrics(out / "runs" / "llm" / run_id) if m["split"] == "train" and m["name"] == "loss"]
+        steps = [
+            m["step"]
+            for m in read_metrics(out / "runs" / "llm" / run_id)
+            if m["split"] == "train" and m["name"] == "loss"
+        ]
         assert steps == list(range(1, 401))

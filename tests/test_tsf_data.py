@@ -1,4 +1,5 @@
 """tsf data: the anomaly injector, the Weather CSV and gluonts repository loaders, bad data set names."""
+
 import json
 
 import numpy as np
@@ -60,9 +61,15 @@ def test_anomalies_reach_training_data_only():
 def _write_weather_csv(path, rows=400):
     dates = pd.date_range("2020-01-01 00:10:00", periods=rows, freq="10min")
     t = np.arange(rows)
-    df = pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"),
-                       "p (mbar)": 1000 + np.sin(t / 20), "T (degC)": 10 + 5 * np.sin(t / 144 * 2 * np.pi),
-                       "rh (%)": 60 + 10 * np.cos(t / 30), "OT": 400 + np.sin(t / 50)})
+    df = pd.DataFrame(
+        {
+            "date": dates.strftime("%Y-%m-%d %H:%M:%S"),
+            "p (mbar)": 1000 + np.sin(t / 20),
+            "T (degC)": 10 + 5 * np.sin(t / 144 * 2 * np.pi),
+            "rh (%)": 60 + 10 * np.cos(t / 30),
+            "OT": 400 + np.sin(t / 50),
+        }
+    )
     df.to_csv(path, index=False)
 
 
@@ -80,9 +87,22 @@ def test_weather_csv_loader_reads_patchtst_format(tmp_path):
 def test_a_tiny_run_on_a_weather_csv(tmp_path):
     path = tmp_path / "weather.csv"
     _write_weather_csv(path)
-    sets = {"dataset": "weather", "data_path": str(path), "standardize": "true", "prediction_length": 12,
-            "context_length": 48, "patch_len": 8, "patch_stride": 4, "test_windows": 2, "epochs": 1,
-            "num_batches_per_epoch": 5, "d_model": 16, "dim_feedforward": 32, "num_layers": 1, "threads": 1}
+    sets = {
+        "dataset": "weather",
+        "data_path": str(path),
+        "standardize": "true",
+        "prediction_length": 12,
+        "context_length": 48,
+        "patch_len": 8,
+        "patch_stride": 4,
+        "test_windows": 2,
+        "epochs": 1,
+        "num_batches_per_epoch": 5,
+        "d_model": 16,
+        "dim_feedforward": 32,
+        "num_layers": 1,
+        "threads": 1,
+    }
     argv = ["run", "--task", "tsf", "--opt", "adamw", "--out", str(tmp_path / "out")]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
@@ -96,8 +116,9 @@ def test_gluonts_repository_data_set_loads_from_a_local_root(tmp_path):
     root = tmp_path / "datasets" / "exchange_rate"
     root.mkdir(parents=True)
     (root / "metadata.json").write_text(json.dumps({"freq": "B", "prediction_length": 30}))
-    lines = [json.dumps({"start": "1990-01-01", "target": list(range(i, i + 60)), "item_id": f"c{i}"})
-             for i in range(3)]
+    lines = [
+        json.dumps({"start": "1990-01-01", "target": list(range(i, i + 60)), "item_id": f"c{i}"}) for i in range(3)
+    ]
     for split in ("train", "test"):  # the test split is required by gluonts but not read by us
         (root / split).mkdir(exist_ok=True)
         (root / split / "data.json").write_text("\n".join(lines) + "\n")
@@ -109,8 +130,10 @@ def test_gluonts_repository_data_set_loads_from_a_local_root(tmp_path):
 BAD = [
     (["--set", "dataset=nope"], "dataset: invalid value 'nope' (allowed: one of fertility, co2, weather or a gluonts"),
     (["--set", "dataset=weather"], "data_path: invalid value None (allowed: the path or URL of weather.csv"),
-    (["--set", "dataset=weather", "--set", "data_path=/no/such/weather.csv"],
-     "data_path: invalid value '/no/such/weather.csv' (allowed: an existing CSV file or a URL)"),
+    (
+        ["--set", "dataset=weather", "--set", "data_path=/no/such/weather.csv"],
+        "data_path: invalid value '/no/such/weather.csv' (allowed: an existing CSV file or a URL)",
+    ),
     (["--set", "model=lstm"], "model: invalid value 'lstm' (allowed: one of patchtst, deepar, simple_feedforward)"),
     (["--set", "n_heads=3"], "n_heads: invalid value 3 (allowed: a divisor of d_model=32)"),
 ]

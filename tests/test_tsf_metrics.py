@@ -1,4 +1,5 @@
 """tsf metrics: what gluonts computes on our rolling windows equals the textbook formulas on a known forecast."""
+
 import numpy as np
 import pandas as pd
 import torch
@@ -16,8 +17,14 @@ OFFSETS = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.5, 3.0])  # 7 samples: the med
 
 def _test_data():
     rng = np.random.default_rng(0)
-    entries = [{"start": pd.Period("2000", freq="Y"), "target": (5 + rng.normal(size=20)).astype(np.float32),
-                "item_id": str(i)} for i in range(3)]
+    entries = [
+        {
+            "start": pd.Period("2000", freq="Y"),
+            "target": (5 + rng.normal(size=20)).astype(np.float32),
+            "item_id": str(i),
+        }
+        for i in range(3)
+    ]
     _, template = split(entries, offset=-(WINDOWS * PL))
     return template.generate_instances(prediction_length=PL, windows=WINDOWS, distance=PL)
 
@@ -57,8 +64,12 @@ def test_metrics_equal_the_formulas_on_a_known_forecast():
         "smape": np.mean(2 * np.abs(y - med) / (np.abs(y) + np.abs(med))),
         "nd": np.sum(np.abs(y - med)) / np.sum(np.abs(y)),
         "nrmse": np.sqrt(mse) / np.mean(np.abs(y)),
-        "wql": np.mean([np.sum(2 * np.abs((y - q[:, i]) * ((y <= q[:, i]) - level))) / np.sum(np.abs(y))
-                        for i, level in enumerate(QUANTILES)]),
+        "wql": np.mean(
+            [
+                np.sum(2 * np.abs((y - q[:, i]) * ((y <= q[:, i]) - level))) / np.sum(np.abs(y))
+                for i, level in enumerate(QUANTILES)
+            ]
+        ),
     }
     assert set(got) == set(expected)
     for name, value in expected.items():
@@ -71,8 +82,13 @@ def test_fast_path_for_distribution_forecasts_gives_gluonts_own_numbers():
     forecasts = []
     for inp in test.input:
         loc, scale = 5 + torch.randn(PL), 0.5 + torch.rand(PL)
-        forecasts.append(DistributionForecast(StudentT(torch.full((PL,), 4.0), loc, scale),
-                                              start_date=inp["start"] + len(inp["target"]), item_id=inp["item_id"]))
+        forecasts.append(
+            DistributionForecast(
+                StudentT(torch.full((PL,), 4.0), loc, scale),
+                start_date=inp["start"] + len(inp["target"]),
+                item_id=inp["item_id"],
+            )
+        )
     ours = evaluate_forecasts(map(with_quantiles, forecasts), test)
     defs = metric_definitions()
     theirs = gluonts_evaluate(forecasts, test_data=test, metrics=list(defs.values()), axis=None).iloc[0]

@@ -1,4 +1,5 @@
 """The tsf task end to end on real offline data: each estimator, our optimizer, resume, determinism, divergence."""
+
 import json
 import signal
 import subprocess
@@ -16,8 +17,15 @@ from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.tasks.tsf import TASK
 
 # A few seconds per run: a small model, 2 epochs x 10 batches on statsmodels' fertility series.
-SMALL = {"epochs": 2, "num_batches_per_epoch": 10, "batch_size": 16, "d_model": 16, "dim_feedforward": 32,
-         "num_layers": 1, "threads": 1}
+SMALL = {
+    "epochs": 2,
+    "num_batches_per_epoch": 10,
+    "batch_size": 16,
+    "d_model": 16,
+    "dim_feedforward": 32,
+    "num_layers": 1,
+    "threads": 1,
+}
 
 
 def _sets(**changes):
@@ -76,8 +84,10 @@ def test_the_suite_optimizer_is_the_one_stepping(out_dir):
         created.append(opt)
         return opt
 
-    OPTIMIZERS.register("adamw_counted", OptimizerSpec(name="adamw_counted", factory=make,
-                                                       config_cls=adamw.AdamWConfig, description="test"))
+    OPTIMIZERS.register(
+        "adamw_counted",
+        OptimizerSpec(name="adamw_counted", factory=make, config_cls=adamw.AdamWConfig, description="test"),
+    )
     assert main(_argv(out_dir, *_sets(), opt="adamw_counted")) == 0
     summary = read_json(_only_run_dir(out_dir) / "summary.json")
     (opt,) = created
@@ -144,8 +154,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_finishes_the_epoch_saves_and_exits_130(tmp_path):
-    proc = subprocess.Popen(_cli_command(tmp_path, _sets(epochs=50, num_batches_per_epoch=20)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli_command(tmp_path, _sets(epochs=50, num_batches_per_epoch=20)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = _wait_for_step(tmp_path, proc, 5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

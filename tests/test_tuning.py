@@ -1,5 +1,7 @@
 """Fair tuning: quasi-random points from declared spaces, ASHA, best saved, re-run with --from-tuning."""
+
 from conftest import small_llm_sets
+
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json
 from spam_bench.suite.tuning import Dist, draw, load_best

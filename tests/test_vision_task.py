@@ -1,12 +1,13 @@
 """The vision task on the bundled digits: training through the run contract, determinism, resume, divergence."""
+
 import sys
 import types
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import sigkill_when
+
 from spam_bench.runners.cli import main
 from spam_bench.suite.config import build_config
 from spam_bench.suite.errors import ConfigError
@@ -19,8 +20,17 @@ from spam_bench.tasks.vision.model import ResNet, model_info
 pytest.importorskip("sklearn", reason="the vision task's tiny scale needs scikit-learn (the [vision] extra)")
 
 # A ~10k-parameter ResNet that learns the digits in a few seconds on one thread.
-SMALL = {"width": "8", "blocks": "1,1", "steps": "100", "batch_size": "32", "lr": "1e-2", "lr_warmup_steps": "5",
-         "eval_every": "25", "checkpoint_every": "5", "threads": "1"}
+SMALL = {
+    "width": "8",
+    "blocks": "1,1",
+    "steps": "100",
+    "batch_size": "32",
+    "lr": "1e-2",
+    "lr_warmup_steps": "5",
+    "eval_every": "25",
+    "checkpoint_every": "5",
+    "threads": "1",
+}
 
 
 def small_sets(**changes: object) -> list[str]:
@@ -144,6 +154,7 @@ def test_config_rejects_flipped_digits_and_both_scales_parse():
 def test_cifar10_without_torchvision_is_one_line(out_dir, capsys):
     try:
         import torchvision  # noqa: F401
+
         pytest.skip("torchvision imports here: the paper scale would download CIFAR-10")
     except Exception:
         pass
@@ -155,6 +166,7 @@ def test_cifar10_without_torchvision_is_one_line(out_dir, capsys):
 def test_the_cifar10_loader_and_augmentation_on_a_stand_in_for_torchvision(tmp_path, monkeypatch):
     """torchvision cannot import beside this torch: a stand-in with CIFAR10's documented attributes
     (.data (N, 32, 32, 3) uint8, .targets a list) runs the paper scale's loading and augmentation code."""
+
     class CIFAR10:
         def __init__(self, root, train, download):
             n = 64 if train else 16

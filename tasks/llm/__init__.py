@@ -3,6 +3,7 @@
 Primary metric: validation perplexity (lower is better). Scales: `tiny` (Shakespeare, ~1.3M
 parameters, CPU minutes) and `paper-60m` ... `paper-1b` (C4, the paper's shapes and recipe).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,13 +20,24 @@ def build_data(config: LLMConfig, seed: int) -> Any:
     from spam_bench.tasks.llm.data import C4Data, ShakespeareData
 
     if config.dataset == "shakespeare":
-        return ShakespeareData.build(vocab_size=config.vocab_size, seq_len=config.seq_len, batch_size=config.batch_size,
-                                     seed=seed, eval_tokens=config.eval_tokens, val_every=config.val_every)
+        return ShakespeareData.build(
+            vocab_size=config.vocab_size,
+            seq_len=config.seq_len,
+            batch_size=config.batch_size,
+            seed=seed,
+            eval_tokens=config.eval_tokens,
+            val_every=config.val_every,
+        )
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_pretrained(config.tokenizer)
-    return C4Data(tokenizer=tok, seq_len=config.seq_len, batch_size=config.batch_size,
-                  eval_tokens=config.eval_tokens, data_files=config.data_files)
+    return C4Data(
+        tokenizer=tok,
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        eval_tokens=config.eval_tokens,
+        data_files=config.data_files,
+    )
 
 
 class LLMTask(TaskBase):

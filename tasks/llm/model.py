@@ -4,6 +4,7 @@ Module names follow HF LLaMA (embed_tokens, q_proj, ..., down_proj, lm_head) so 
 optimizers that classify parameters by name (Adam-mini) see what they expect; our own code uses
 `model_info()` roles instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -149,8 +150,15 @@ class Llama(nn.Module):
 
 
 _ROLE_BY_MODULE = {
-    "embed_tokens": "embedding", "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v",
-    "o_proj": "attn_o", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp", "lm_head": "output",
+    "embed_tokens": "embedding",
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_o",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+    "lm_head": "output",
 }
 
 
@@ -165,5 +173,3 @@ def parameter_role(name: str) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-

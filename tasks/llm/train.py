@@ -7,11 +7,13 @@ instruments around each step, and checkpoints the suite's part (RNG states, tele
 checkpoints the rest of what determines the future (model, optimizer, schedule, step), so a resumed
 run is bit-identical.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,9 +27,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def model_shape(config: LLMConfig, vocab_size: int) -> LlamaShape:
-    return LlamaShape(vocab_size=vocab_size, hidden_size=config.hidden_size,
-                      intermediate_size=config.intermediate_size, n_heads=config.n_heads,
-                      n_kv_heads=config.n_kv_heads, n_layers=config.n_layers, max_seq_len=config.seq_len)
+    return LlamaShape(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        n_heads=config.n_heads,
+        n_kv_heads=config.n_kv_heads,
+        n_layers=config.n_layers,
+        max_seq_len=config.seq_len,
+    )
 
 
 def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -65,14 +73,20 @@ class Trainer:
         self.optimizer = ctx.build_optimizer(self.model, self.model.model_info(), lr=self.config.lr)
         c = self.config
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
+            self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio)
+        )
         self.step = 0
         self.val_loss = float("nan")
         self.diverged_step: int | None = None
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step, "val_loss": self.val_loss}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "val_loss": self.val_loss,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -87,8 +101,8 @@ class Trainer:
         n_micro = c.batch_size // c.micro_batch
         loss_sum = 0.0
         for i in range(n_micro):
-            xs = x[i * c.micro_batch:(i + 1) * c.micro_batch].to(self.device)
-            ys = y[i * c.micro_batch:(i + 1) * c.micro_batch].to(self.device)
+            xs = x[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
+            ys = y[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
             loss = self.model.loss(xs, ys) / n_micro
             loss.backward()
             loss_sum += float(loss.detach())
@@ -125,7 +139,9 @@ class Trainer:
                         break
                 tok_s = (self.step - start_step) * tokens_per_step / (time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", val_ppl=f"{_ppl(self.val_loss):.2f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", val_ppl=f"{_ppl(self.val_loss):.2f}", refresh=False
+                )
                 if ctx.stop_requested or self.step % c.checkpoint_every == 0:
                     ctx.save_checkpoint(self.state(), self.step)
                 if ctx.stop_requested:
@@ -135,10 +151,17 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         return TaskResult(
             value=None if self.diverged_step is not None else _ppl(self.val_loss),
-            steps=self.step, diverged_step=self.diverged_step,
-            metrics={"val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
-                     "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None})
+            steps=self.step,
+            diverged_step=self.diverged_step,
+            metrics={
+                "val_loss": self.val_loss,
+                "tokens": self.step * tokens_per_step,
+                "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None,
+            },
+        )
 
 
 def _ppl(loss: float) -> float:
-    return math.exp(loss) if math.isfinite(loss) and loss < 700 else float("inf") if math.isfinite(loss) else float("nan")
+    return (
+        math.exp(loss) if math.isfinite(loss) and loss < 700 else float("inf") if math.isfinite(loss) else float("nan")
+    )

@@ -7,6 +7,7 @@ model, data, training loop and evaluation, with the attention and MLP projection
 Scales are `llm`'s: each configs/<scale>.yaml here holds only what differs from `llm`'s file of the
 same name (the paper's QAT runs are 20K steps), so the two tasks never drift apart.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -5,6 +5,7 @@ in full precision. The swap keeps module and parameter names (so optimizers see 
 the very same weight tensors, and draws no random numbers, so a quantized model starts from exactly
 the weights `llm` would start from at the same seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,11 +34,17 @@ class QuantSpec:
     stochastic_round: bool = False
 
     @classmethod
-    def from_config(cls, c) -> "QuantSpec":
-        return cls(format=c.format, weight_bits=c.weight_bits, act_bits=c.act_bits,
-                   weight_group_size=c.weight_group_size, act_group_size=c.act_group_size,
-                   weight_topk=c.weight_topk, act_topk=c.act_topk,
-                   stochastic_round=c.stochastic_round and c.format != "fp4")  # fp4 always rounds to nearest
+    def from_config(cls, c) -> QuantSpec:
+        return cls(
+            format=c.format,
+            weight_bits=c.weight_bits,
+            act_bits=c.act_bits,
+            weight_group_size=c.weight_group_size,
+            act_group_size=c.act_group_size,
+            weight_topk=c.weight_topk,
+            act_topk=c.act_topk,
+            stochastic_round=c.stochastic_round and c.format != "fp4",
+        )  # fp4 always rounds to nearest
 
     def weight(self, w: torch.Tensor) -> torch.Tensor:
         if self.format == "fp4":
@@ -72,7 +79,9 @@ class QLinear(nn.Linear):
         if not (self.spec.stochastic_round and self.training):
             return None
         # Tuples of ints hash the same in every process (PYTHONHASHSEED only salts str and bytes).
-        gen = torch.Generator(device=device).manual_seed(hash((self.seed, self.index, int(self.sr_calls))) & (2 ** 63 - 1))
+        gen = torch.Generator(device=device).manual_seed(
+            hash((self.seed, self.index, int(self.sr_calls))) & (2**63 - 1)
+        )
         self.sr_calls += 1
         return gen
 
@@ -83,14 +92,17 @@ class QLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         s = self.spec
-        return (f"{super().extra_repr()}, format={s.format}, w{s.weight_bits}/g{s.weight_group_size}"
-                f"/top{s.weight_topk}, a{s.act_bits}/g{s.act_group_size}/top{s.act_topk}, sr={s.stochastic_round}")
+        return (
+            f"{super().extra_repr()}, format={s.format}, w{s.weight_bits}/g{s.weight_group_size}"
+            f"/top{s.weight_topk}, a{s.act_bits}/g{s.act_group_size}/top{s.act_topk}, sr={s.stochastic_round}"
+        )
 
 
 def quantize_projections(model: nn.Module, spec: QuantSpec, seed: int = 0) -> nn.Module:
     """Replace every nn.Linear named in QUANTIZED by a QLinear sharing its parameters; returns `model`."""
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) is nn.Linear and name.rsplit(".", 1)[-1] in QUANTIZED]
+    targets = [
+        (name, m) for name, m in model.named_modules() if type(m) is nn.Linear and name.rsplit(".", 1)[-1] in QUANTIZED
+    ]
     for index, (name, linear) in enumerate(targets):
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, QLinear(linear, spec, seed, index))

@@ -27,6 +27,7 @@ and `utils/act_weight_fp4.py`, which we re-implement in our own words:
 
 This module must stay free of model and training code: tensors in, tensors out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -99,7 +100,7 @@ def int_asymmetric(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     """
     g, n = _grouped(x, group_size, pad="edge")
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     step = (hi - lo).clamp(min=RANGE_EPS) / levels
     zero = torch.round(-lo / step)
     q = (torch.round(g / step) + zero).clamp(0, levels)
@@ -107,8 +108,9 @@ def int_asymmetric(x: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def int_symmetric(x: torch.Tensor, bits: int, group_size: int, topk: int = 0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def int_symmetric(
+    x: torch.Tensor, bits: int, group_size: int, topk: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Symmetric absmax fake quantization to signed `bits` per group (the activation quantizer).
 
     The top-k |x| of each group stay in full precision and do not set the scale. Round to nearest
@@ -139,8 +141,8 @@ def minifloat(x: torch.Tensor, group_size: int, exp_bits: int = 1, man_bits: int
     g, n = _grouped(x, group_size, pad="zero")
     rest, idx, outliers = _take_outliers(g, topk)
     bias = 1  # any bias works: the per-group scale absorbs it
-    min_exp, max_exp = 1 - bias, 2 ** exp_bits - 1 - bias
-    fmax = (2 - 2.0 ** -man_bits) * 2.0 ** max_exp
+    min_exp, max_exp = 1 - bias, 2**exp_bits - 1 - bias
+    fmax = (2 - 2.0**-man_bits) * 2.0**max_exp
     scale = rest.abs().amax(-1, keepdim=True).clamp(min=ABSMAX_EPS) / fmax
     y = rest.abs() / scale
     # log2(0) = -inf is clamped to the subnormal exponent, so zeros stay exact.

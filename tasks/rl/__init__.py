@@ -4,6 +4,7 @@ stable-baselines3's PPO with rl-zoo's tuned recipe per environment (HalfCheetah-
 Hopper-v5, Ant-v5); only the optimizer changes between runs. Primary metric: mean return of the
 final deterministic evaluation (higher is better). Scales: `tiny` (CPU minutes) and `paper` (1M steps).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

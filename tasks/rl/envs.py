@@ -8,6 +8,7 @@ gymnasium's MuJoCo envs pickle only their constructor arguments, so a checkpoint
 their future explicitly: the full MjData (positions, velocities, time, solver warm start), the env's
 numpy Generator, and every wrapper's attributes (TimeLimit's step count, Monitor's running episode).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,6 +30,7 @@ _VECNORMALIZE_STATE = ("obs_rms", "ret_rms", "returns", "old_obs", "old_reward")
 def _drop_known_deprecation_warning() -> None:
     """gymnasium's HalfCheetah/Ant XML uses `settotalmass`, which MuJoCo 4 reports as deprecated on every
     env creation; drop that one message, print every other MuJoCo warning (e.g. unstable simulation)."""
+
     def warn(message: str) -> None:
         if "settotalmass" not in message:
             print(f"MuJoCo WARNING: {message}", file=sys.stderr)
@@ -63,13 +65,17 @@ def env_state(venv: VecEnv) -> dict[str, Any]:
     envs = []
     for env in dummy.envs:
         chain, base = _wrapper_chain(env)
-        envs.append({
-            "wrappers": [copy.deepcopy({k: v for k, v in vars(w).items() if k != "env"}) for w in chain],
-            "mjdata": copy.deepcopy(base.data),
-            "np_random": copy.deepcopy(base.np_random.bit_generator.state),
-        })
-    return {"envs": envs,
-            "vecnormalize": None if norm is None else {k: copy.deepcopy(getattr(norm, k)) for k in _VECNORMALIZE_STATE}}
+        envs.append(
+            {
+                "wrappers": [copy.deepcopy({k: v for k, v in vars(w).items() if k != "env"}) for w in chain],
+                "mjdata": copy.deepcopy(base.data),
+                "np_random": copy.deepcopy(base.np_random.bit_generator.state),
+            }
+        )
+    return {
+        "envs": envs,
+        "vecnormalize": None if norm is None else {k: copy.deepcopy(getattr(norm, k)) for k in _VECNORMALIZE_STATE},
+    }
 
 
 def restore_env_state(venv: VecEnv, state: dict[str, Any]) -> None:

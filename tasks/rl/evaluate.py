@@ -3,9 +3,10 @@
 Episode i of every evaluation starts from the same reset seed, so successive evaluations differ only
 by the policy (common random numbers), and no evaluation state needs checkpointing.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -16,8 +17,9 @@ def episode_seed(run_seed: int, episode: int) -> int:
     return 1_000_003 * (run_seed + 1) + episode  # disjoint from the training envs' seeds (run_seed + i)
 
 
-def evaluate(policy: BasePolicy, normalize: Callable[[np.ndarray], np.ndarray], env: gym.Env,
-             episodes: int, run_seed: int) -> list[float]:
+def evaluate(
+    policy: BasePolicy, normalize: Callable[[np.ndarray], np.ndarray], env: gym.Env, episodes: int, run_seed: int
+) -> list[float]:
     """Undiscounted raw returns of `episodes` deterministic episodes."""
     returns = []
     for i in range(episodes):

@@ -14,6 +14,7 @@ optimizers that need the model (GaLore, Adam-mini) get it. Three behaviours chan
 - Divergence: non-finite parameters or loss, or a policy whose outputs torch.distributions rejects
   (NaN means from huge but finite weights), end training instead of crashing it.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,9 +53,11 @@ def update_grad_stats(norms: list[float], clip: float | None) -> dict[str, float
     """Global gradient norms (before clipping) of one PPO update's optimizer steps, summarised."""
     finite = [n for n in norms if math.isfinite(n)]
     clipped = sum(n > clip for n in finite) if clip is not None else 0
-    return {"grad_norm_mean": sum(finite) / len(finite) if finite else float("nan"),
-            "grad_norm_max": max(finite) if finite else float("nan"),
-            "clipped_fraction": clipped / len(norms) if norms else 0.0}
+    return {
+        "grad_norm_mean": sum(finite) / len(finite) if finite else float("nan"),
+        "grad_norm_max": max(finite) if finite else float("nan"),
+        "clipped_fraction": clipped / len(norms) if norms else 0.0,
+    }
 
 
 class BenchPPO(PPO):

@@ -6,6 +6,7 @@ when due: the policy, the optimizer state, VecNormalize's statistics, the traini
 simulator state, PPO's counters and last observation, and every RNG. A run resumed from a boundary
 is therefore bit-identical on CPU to one that never stopped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,18 +24,36 @@ from spam_bench.suite.seeding import seed_everything
 from spam_bench.tasks.rl.config import RLConfig
 from spam_bench.tasks.rl.envs import env_state, make_eval_env, make_train_env, normalizer, restore_env_state
 from spam_bench.tasks.rl.evaluate import curve_auc, evaluate
-from spam_bench.tasks.rl.ppo import (ACTIVATIONS, BenchPPO, is_diverged_policy_error, policy_model_info,
-                                     update_grad_stats)
+from spam_bench.tasks.rl.ppo import (
+    ACTIVATIONS,
+    BenchPPO,
+    is_diverged_policy_error,
+    policy_model_info,
+    update_grad_stats,
+)
 
 # What PPO carries from one rollout to the next (the rollout buffer is refilled from scratch).
-_PPO_STATE = ("num_timesteps", "_n_updates", "_episode_num", "_last_obs", "_last_episode_starts",
-              "_last_original_obs", "_current_progress_remaining")
+_PPO_STATE = (
+    "num_timesteps",
+    "_n_updates",
+    "_episode_num",
+    "_last_obs",
+    "_last_episode_starts",
+    "_last_original_obs",
+    "_current_progress_remaining",
+)
 # SB3's logger keys of one update -> our metric names.
-_UPDATE_METRICS = {"train/loss": "loss", "train/policy_gradient_loss": "policy_loss",
-                   "train/value_loss": "value_loss", "train/entropy_loss": "entropy_loss",
-                   "train/approx_kl": "approx_kl", "train/clip_fraction": "clip_fraction",
-                   "train/explained_variance": "explained_variance", "train/std": "action_std",
-                   "train/learning_rate": "lr"}
+_UPDATE_METRICS = {
+    "train/loss": "loss",
+    "train/policy_gradient_loss": "policy_loss",
+    "train/value_loss": "value_loss",
+    "train/entropy_loss": "entropy_loss",
+    "train/approx_kl": "approx_kl",
+    "train/clip_fraction": "clip_fraction",
+    "train/explained_variance": "explained_variance",
+    "train/std": "action_std",
+    "train/learning_rate": "lr",
+}
 _RECENT_EPISODES = 10
 
 
@@ -43,7 +62,7 @@ def _crossed(prev: int, now: int, every: int) -> bool:
 
 
 class _Boundaries(BaseCallback):
-    def __init__(self, trainer: "Trainer"):
+    def __init__(self, trainer: Trainer):
         super().__init__()
         self.trainer = trainer
 
@@ -69,15 +88,32 @@ class Trainer:
         self.env = make_train_env(c, self.seed)
         hidden = list(c.hidden_sizes)
         self.model = BenchPPO(
-            "MlpPolicy", self.env, learning_rate=c.lr, n_steps=c.n_steps, batch_size=c.batch_size,
-            n_epochs=c.n_epochs, gamma=c.gamma, gae_lambda=c.gae_lambda, clip_range=c.clip_range,
-            ent_coef=c.ent_coef, vf_coef=c.vf_coef, max_grad_norm=math.inf,
-            policy_kwargs=dict(log_std_init=c.log_std_init, ortho_init=c.ortho_init,
-                               activation_fn=ACTIVATIONS[c.activation], net_arch=dict(pi=hidden, vf=hidden)),
-            seed=self.seed, device=ctx.spec.device, verbose=0)
+            "MlpPolicy",
+            self.env,
+            learning_rate=c.lr,
+            n_steps=c.n_steps,
+            batch_size=c.batch_size,
+            n_epochs=c.n_epochs,
+            gamma=c.gamma,
+            gae_lambda=c.gae_lambda,
+            clip_range=c.clip_range,
+            ent_coef=c.ent_coef,
+            vf_coef=c.vf_coef,
+            max_grad_norm=math.inf,
+            policy_kwargs=dict(
+                log_std_init=c.log_std_init,
+                ortho_init=c.ortho_init,
+                activation_fn=ACTIVATIONS[c.activation],
+                net_arch=dict(pi=hidden, vf=hidden),
+            ),
+            seed=self.seed,
+            device=ctx.spec.device,
+            verbose=0,
+        )
         # SB3 calls optimizer.step() itself: the run's instruments and clip rule go in as step hooks.
-        self.optimizer = ctx.build_optimizer(self.model.policy, policy_model_info(self.model.policy), lr=c.lr,
-                                             step_hooks=True)
+        self.optimizer = ctx.build_optimizer(
+            self.model.policy, policy_model_info(self.model.policy), lr=c.lr, step_hooks=True
+        )
         self.model.use_optimizer(self.optimizer, c.lr)
         self.eval_env = make_eval_env(c)
         self.evals: list[tuple[int, float]] = []  # (env steps, mean return)
@@ -90,12 +126,19 @@ class Trainer:
     # --- checkpoint ---
     def state(self) -> dict[str, Any]:
         m = self.model
-        return {"policy": m.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
-                "env": env_state(self.env),
-                "trainer": {"evals": self.evals, "last_eval_returns": self.last_eval_returns,
-                            "recent_returns": self.recent_returns, "train_episodes": self.train_episodes,
-                            "boundary_step": self.boundary_step}}
+        return {
+            "policy": m.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
+            "env": env_state(self.env),
+            "trainer": {
+                "evals": self.evals,
+                "last_eval_returns": self.last_eval_returns,
+                "recent_returns": self.recent_returns,
+                "train_episodes": self.train_episodes,
+                "boundary_step": self.boundary_step,
+            },
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.policy.load_state_dict(state["policy"])
@@ -111,7 +154,7 @@ class Trainer:
     # --- events ---
     def on_episode(self, step: int, episode: dict[str, Any]) -> None:
         self.train_episodes += 1
-        self.recent_returns = (self.recent_returns + [float(episode["r"])])[-_RECENT_EPISODES:]
+        self.recent_returns = ([*self.recent_returns, float(episode["r"])])[-_RECENT_EPISODES:]
         self.ctx.log(step, "train", {"episode_return": float(episode["r"]), "episode_length": float(episode["l"])})
 
     def boundary(self, *, final: bool) -> None:
@@ -131,8 +174,9 @@ class Trainer:
             return
         if final or _crossed(prev, step, c.eval_every):
             try:
-                self.last_eval_returns = evaluate(self.model.policy, normalizer(self.env), self.eval_env,
-                                                  c.eval_episodes, self.seed)
+                self.last_eval_returns = evaluate(
+                    self.model.policy, normalizer(self.env), self.eval_env, c.eval_episodes, self.seed
+                )
             except ValueError as err:
                 if not is_diverged_policy_error(err):
                     raise
@@ -184,4 +228,5 @@ class Trainer:
                 "env": self.config.env,
                 "updates": self.model._n_updates,
                 "env_steps_per_s": steps_per_s,
-            })
+            },
+        )

@@ -3,6 +3,7 @@ spikes (docs/spam.md#synthetic-spikes), for ablations of SPAM's mechanisms and s
 threshold. Primary metric: the final full objective (lower is better); the summary adds the
 robustness score (final objective with injection / without) and the mean steps to recover.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The `spikes` task's configuration: a small stochastic problem with heavy-tailed, injected spikes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,8 +10,11 @@ from spam_bench.suite.spike_config import RunFields
 
 @dataclass
 class SpikesConfig(RunFields):
-    problem: str = param("quadratic", "quadratic (ill-conditioned, heavy-tailed gradient noise) or logistic regression.",
-                         choices=("quadratic", "logistic"))
+    problem: str = param(
+        "quadratic",
+        "quadratic (ill-conditioned, heavy-tailed gradient noise) or logistic regression.",
+        choices=("quadratic", "logistic"),
+    )
     dim: int = param(100, "Parameter dimension.", ge=2)
     condition: float = param(100.0, "quadratic: ratio of the largest to the smallest curvature.", ge=1.0)
     noise_scale: float = param(0.1, "quadratic: scale of the Student-t gradient noise.", ge=0.0)

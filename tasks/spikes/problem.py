@@ -2,6 +2,7 @@
 
 Both are `nn.Module`s so every optimizer factory (which wants a model) can be used unchanged.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ The twin is the same run without injection (same seed, same noise, same batches,
 so the robustness score `injected final objective / clean final objective` isolates what the spikes
 cost. Runs take seconds, so they restart from scratch instead of checkpointing.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ Primary metric: test MSE of the mean forecast on standardised series over rollin
 (Stable-SPAM, arXiv 2502.17055, Figure 9; docs/spam.md#time-series), comparable across series of different scales. Scales: `tiny` (statsmodels'
 fertility series, CPU minutes) and `paper` (PatchTST on Weather, anomalies in 10% of the inputs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

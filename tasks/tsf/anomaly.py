@@ -5,6 +5,7 @@ max |X|; seeded by the run's seed, so S = 0, 2 and 5 corrupt the same positions 
 standard-normal draws, only scaled. The official code is unpublished (UNVERIFIED whether it
 corrupts per batch or per data set, and which max it takes). Never applied to evaluation data.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 def inject(values: np.ndarray, fraction: float, severity: float, rng: np.random.Generator) -> np.ndarray:
     """A copy of `values` with round(fraction * n) entries, drawn without replacement, given the noise."""
     out = np.array(values, dtype=np.float32, copy=True)
-    n = int(round(fraction * out.size))
+    n = round(fraction * out.size)
     idx = rng.choice(out.size, size=n, replace=False)
     z = rng.standard_normal(n)
     peak = np.nanmax(np.abs(out)) if out.size else 0.0
@@ -24,7 +25,9 @@ def inject(values: np.ndarray, fraction: float, severity: float, rng: np.random.
     return out
 
 
-def inject_anomalies(entries: list[dict[str, Any]], fraction: float, severity: float, seed: int) -> list[dict[str, Any]]:
+def inject_anomalies(
+    entries: list[dict[str, Any]], fraction: float, severity: float, seed: int
+) -> list[dict[str, Any]]:
     """New entries with anomalies in their targets; the inputs are left untouched."""
     rng = np.random.default_rng([seed, 0xA0])
     return [{**e, "target": inject(e["target"], fraction, severity, rng)} for e in entries]

@@ -1,12 +1,13 @@
 """The `tsf` task's configuration; the scales in configs/*.yaml set these fields."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from spam_bench.suite.spike_config import RunFields
 from spam_bench.suite.config import param
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.spike_config import RunFields
 
 MODELS = ("patchtst", "deepar", "simple_feedforward")
 # Data sets this package reads itself; any gluonts repository name is accepted too (see validate()).
@@ -16,8 +17,9 @@ LOCAL_DATASETS = ("fertility", "co2", "weather")
 @dataclass
 class TSFConfig(RunFields):
     # --- model (gluonts' PyTorch estimators; one univariate model shared by all series) ---
-    model: str = param("patchtst", "gluonts estimator: patchtst (the follow-up paper's), deepar or simple_feedforward.",
-                       choices=MODELS)
+    model: str = param(
+        "patchtst", "gluonts estimator: patchtst (the follow-up paper's), deepar or simple_feedforward.", choices=MODELS
+    )
     prediction_length: int = param(4, "Forecast horizon in time steps (paper/PatchTST: 96).", ge=1)
     context_length: int = param(16, "Input window in time steps (PatchTST/42 on Weather: 336).", ge=1)
     patch_len: int = param(4, "patchtst: patch length (PatchTST: 16).", ge=1)
@@ -25,30 +27,47 @@ class TSFConfig(RunFields):
     d_model: int = param(32, "Width: patchtst d_model, deepar LSTM hidden size, simple_feedforward hidden width.", ge=1)
     n_heads: int = param(4, "patchtst: attention heads.", ge=1)
     dim_feedforward: int = param(64, "patchtst: feed-forward width inside each encoder layer.", ge=1)
-    num_layers: int = param(2, "Depth: patchtst encoder layers, deepar LSTM layers, simple_feedforward hidden layers.", ge=1)
+    num_layers: int = param(
+        2, "Depth: patchtst encoder layers, deepar LSTM layers, simple_feedforward hidden layers.", ge=1
+    )
     dropout: float = param(0.1, "patchtst/deepar dropout (PatchTST on Weather: 0.2).", ge=0.0, lt=1.0)
     # --- data ---
-    dataset: str = param("fertility", "fertility (192 yearly series, statsmodels), co2 (weekly, statsmodels), "
-                         "weather (PatchTST's weather.csv at data_path) or any gluonts repository name.")
-    data_path: str | None = param(None, "weather: the CSV path or URL; gluonts repository names: the repository "
-                                  "root (default ~/.gluonts/datasets).")
-    columns: tuple[str, ...] | None = param(None, "weather: the columns to forecast, comma-separated "
-                                            "(default every numeric column, PatchTST's channel-independent 'M').")
+    dataset: str = param(
+        "fertility",
+        "fertility (192 yearly series, statsmodels), co2 (weekly, statsmodels), "
+        "weather (PatchTST's weather.csv at data_path) or any gluonts repository name.",
+    )
+    data_path: str | None = param(
+        None,
+        "weather: the CSV path or URL; gluonts repository names: the repository root (default ~/.gluonts/datasets).",
+    )
+    columns: tuple[str, ...] | None = param(
+        None,
+        "weather: the columns to forecast, comma-separated "
+        "(default every numeric column, PatchTST's channel-independent 'M').",
+    )
     test_windows: int = param(3, "Rolling test windows at the end of every series (gluonts.dataset.split).", ge=1)
-    window_distance: int | None = param(None, "Steps between test windows (default prediction_length: no overlap).",
-                                        ge=1)
-    standardize: bool = param(True, "z-score each series with its training part's mean and std (PatchTST's "
-                              "convention), so MSE is comparable across series and with PatchTST's tables.")
-    anomaly_fraction: float = param(0.1, "A: fraction of training values that get anomaly noise (follow-up paper: 0.1).",
-                                    ge=0.0, le=1.0)
-    anomaly_severity: float = param(0.0, "S: noise std as a multiple of the series' max |x| (paper sweeps 0, 2, 5).",
-                                    ge=0.0)
+    window_distance: int | None = param(
+        None, "Steps between test windows (default prediction_length: no overlap).", ge=1
+    )
+    standardize: bool = param(
+        True,
+        "z-score each series with its training part's mean and std (PatchTST's "
+        "convention), so MSE is comparable across series and with PatchTST's tables.",
+    )
+    anomaly_fraction: float = param(
+        0.1, "A: fraction of training values that get anomaly noise (follow-up paper: 0.1).", ge=0.0, le=1.0
+    )
+    anomaly_severity: float = param(
+        0.0, "S: noise std as a multiple of the series' max |x| (paper sweeps 0, 2, 5).", ge=0.0
+    )
     # --- optimisation: one fixed budget, equal for every optimizer ---
     epochs: int = param(10, "Training epochs; no early stopping, the final weights are evaluated.", ge=1)
     num_batches_per_epoch: int = param(50, "Batches per epoch (gluonts samples training windows at random).", ge=1)
     batch_size: int = param(32, "Windows per batch (PatchTST on Weather: 128).", ge=1)
-    shuffle_buffer: int | None = param(None, "Shuffle training windows through a buffer of this size (None = off).",
-                                       ge=1)
+    shuffle_buffer: int | None = param(
+        None, "Shuffle training windows through a buffer of this size (None = off).", ge=1
+    )
     lr: float = param(1e-3, "Learning rate, constant for the whole run (gluonts' default schedule).", gt=0.0)
     # --- bookkeeping ---
     threads: int | None = param(None, "torch CPU threads (None = torch's default).", ge=1)
@@ -67,9 +86,13 @@ class TSFConfig(RunFields):
             from gluonts.dataset.repository import dataset_names
 
             if self.dataset not in dataset_names:
-                raise ConfigError("dataset", self.dataset, f"one of {', '.join(LOCAL_DATASETS)} or a gluonts "
-                                  f"repository name such as electricity, traffic, exchange_rate, m4_hourly "
-                                  f"({len(dataset_names)} in gluonts.dataset.repository.dataset_names)")
+                raise ConfigError(
+                    "dataset",
+                    self.dataset,
+                    f"one of {', '.join(LOCAL_DATASETS)} or a gluonts "
+                    f"repository name such as electricity, traffic, exchange_rate, m4_hourly "
+                    f"({len(dataset_names)} in gluonts.dataset.repository.dataset_names)",
+                )
         if self.dataset == "weather" and not self.data_path:
             raise ConfigError("data_path", self.data_path, "the path or URL of weather.csv when dataset=weather")
         if self.dataset == "weather" and "://" not in self.data_path and not Path(self.data_path).is_file():

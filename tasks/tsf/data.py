@@ -6,6 +6,7 @@ The last `config.test_length` steps of each series are held out; rolling test wi
 there with `gluonts.dataset.split`, always from the clean series. Anomalies go into the training
 part only: this module must never corrupt what the evaluation reads.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -111,13 +112,16 @@ def prepare(config: TSFConfig, seed: int, entries: list[Entry] | None = None, fr
     need = hold + config.context_length + config.prediction_length
     usable = [e for e in entries if len(e["target"]) >= need]
     if not usable:
-        raise ValueError(f"{config.dataset}: no series has the {need} steps that context_length + prediction_length "
-                         f"+ the test windows need")
+        raise ValueError(
+            f"{config.dataset}: no series has the {need} steps that context_length + prediction_length "
+            f"+ the test windows need"
+        )
     # Series differ in length: hold out the same number of final steps from each.
     clean = [standardize([e], len(e["target"]) - hold)[0] for e in usable] if config.standardize else usable
     train = [{**e, "target": e["target"][:-hold]} for e in clean]
     train = inject_anomalies(train, config.anomaly_fraction, config.anomaly_severity, seed)
     _, template = split(clean, offset=-hold)
-    test = template.generate_instances(prediction_length=config.prediction_length, windows=config.test_windows,
-                                       distance=config.distance)
+    test = template.generate_instances(
+        prediction_length=config.prediction_length, windows=config.test_windows, distance=config.distance
+    )
     return TSFData(train=train, test=test, freq=freq, n_series=len(usable), n_dropped=len(entries) - len(usable))

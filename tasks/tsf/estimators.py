@@ -7,9 +7,11 @@ constant learning rate and no scheduler, the same for every optimizer; each esti
 recorded divergence instead of an optimizer step on NaN gradients (train.py turns off
 torch.distributions' argument checks, which would raise on the NaN parameters first).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from gluonts.torch.model.deepar import DeepAREstimator
@@ -82,15 +84,27 @@ class SimpleFeedForward(SuiteEstimator, SimpleFeedForwardEstimator):
 
 def build_estimator(config: TSFConfig, freq: str, make_optimizer: MakeOptimizer) -> Any:
     """The configured estimator; its trainer_kwargs are unused (train.py builds the Trainer)."""
-    common = dict(prediction_length=config.prediction_length, context_length=config.context_length,
-                  batch_size=config.batch_size, num_batches_per_epoch=config.num_batches_per_epoch)
+    common = dict(
+        prediction_length=config.prediction_length,
+        context_length=config.context_length,
+        batch_size=config.batch_size,
+        num_batches_per_epoch=config.num_batches_per_epoch,
+    )
     if config.model == "patchtst":
-        est = PatchTST(patch_len=config.patch_len, stride=config.patch_stride, d_model=config.d_model,
-                       nhead=config.n_heads, dim_feedforward=config.dim_feedforward,
-                       num_encoder_layers=config.num_layers, dropout=config.dropout, **common)
+        est = PatchTST(
+            patch_len=config.patch_len,
+            stride=config.patch_stride,
+            d_model=config.d_model,
+            nhead=config.n_heads,
+            dim_feedforward=config.dim_feedforward,
+            num_encoder_layers=config.num_layers,
+            dropout=config.dropout,
+            **common,
+        )
     elif config.model == "deepar":
-        est = DeepAR(freq=freq, hidden_size=config.d_model, num_layers=config.num_layers,
-                     dropout_rate=config.dropout, **common)
+        est = DeepAR(
+            freq=freq, hidden_size=config.d_model, num_layers=config.num_layers, dropout_rate=config.dropout, **common
+        )
     else:
         est = SimpleFeedForward(hidden_dimensions=[config.d_model] * config.num_layers, **common)
     est.make_optimizer = make_optimizer

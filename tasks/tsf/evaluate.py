@@ -10,6 +10,7 @@ Distribution forecasts (PatchTST, SimpleFeedForward) are first turned into quant
 holding exactly the levels the metrics read plus the mean: gluonts would otherwise build a scipy
 Student-t per level per window (30 s instead of 1 s on the tiny scale); the numbers are the same.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,8 +25,15 @@ QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def metric_definitions() -> dict[str, Any]:
     from gluonts.ev.metrics import MAE, MASE, MSE, ND, NRMSE, SMAPE, MeanWeightedSumQuantileLoss
 
-    return {"mse": MSE(), "mae": MAE(), "mase": MASE(), "smape": SMAPE(),
-            "wql": MeanWeightedSumQuantileLoss(quantile_levels=QUANTILES), "nd": ND(), "nrmse": NRMSE()}
+    return {
+        "mse": MSE(),
+        "mae": MAE(),
+        "mase": MASE(),
+        "smape": SMAPE(),
+        "wql": MeanWeightedSumQuantileLoss(quantile_levels=QUANTILES),
+        "nd": ND(),
+        "nrmse": NRMSE(),
+    }
 
 
 def with_quantiles(forecast: Any) -> Any:
@@ -38,8 +46,13 @@ def with_quantiles(forecast: Any) -> Any:
     dist = forecast.distribution
     levels = torch.tensor(QUANTILES, dtype=dist.mean.dtype, device=dist.mean.device).unsqueeze(-1)
     arrays = np.concatenate([dist.icdf(levels).cpu().numpy(), forecast.mean[None]], axis=0)
-    return QuantileForecast(arrays, start_date=forecast.start_date, forecast_keys=[*map(str, QUANTILES), "mean"],
-                            item_id=forecast.item_id, info=forecast.info)
+    return QuantileForecast(
+        arrays,
+        start_date=forecast.start_date,
+        forecast_keys=[*map(str, QUANTILES), "mean"],
+        item_id=forecast.item_id,
+        info=forecast.info,
+    )
 
 
 def evaluate_forecasts(forecasts: Any, test_data: Any) -> dict[str, float]:

@@ -13,6 +13,7 @@ checkpoint (weights, our optimizer's state_dict, loop counters) as the task's pa
 checkpoint. Ctrl-C is deferred to the end of the current epoch, which saves and stops; a second
 Ctrl-C reaches Lightning, which shuts down.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -77,8 +79,9 @@ class SuiteCallback(pl.Callback):
         self.ctx.instruments.before_step()
         self.stepping = True
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if module.diverged_step is not None:
             self.ctx.log(module.diverged_step, "train", {"loss": float("nan")})
             return
@@ -96,8 +99,9 @@ class SuiteCallback(pl.Callback):
         trainer.save_checkpoint(tmp)
         lightning_state = torch.load(tmp, map_location="cpu", weights_only=False)
         tmp.unlink()
-        self.ctx.save_checkpoint({"lightning": lightning_state, "epoch": trainer.current_epoch + 1},
-                                 trainer.global_step)
+        self.ctx.save_checkpoint(
+            {"lightning": lightning_state, "epoch": trainer.current_epoch + 1}, trainer.global_step
+        )
         if self.ctx.stop_requested:
             trainer.should_stop = True
 
@@ -137,16 +141,23 @@ class Trainer:
 
         with _quiet(), _divergence_is_nan():
             trainer = pl.Trainer(
-                **_accelerator(ctx.spec.device), max_epochs=c.epochs,
+                **_accelerator(ctx.spec.device),
+                max_epochs=c.epochs,
                 gradient_clip_val=None,  # the run's clip rule applies, in SuiteCallback
                 deterministic=True if ctx.spec.device == "cpu" else "warn",
-                logger=False, enable_checkpointing=False, enable_model_summary=False,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
                 enable_progress_bar=sys.stderr.isatty(),
-                num_sanity_val_steps=0, default_root_dir=str(ctx.scratch),
-                callbacks=[SuiteCallback(ctx)])
+                num_sanity_val_steps=0,
+                default_root_dir=str(ctx.scratch),
+                callbacks=[SuiteCallback(ctx)],
+            )
             loader = EpochSeededLoader(
                 lambda: est.create_training_data_loader(train, module, shuffle_buffer_length=c.shuffle_buffer),
-                seed, start_epoch=state["epoch"] if state is not None else 0)
+                seed,
+                start_epoch=state["epoch"] if state is not None else 0,
+            )
             t0 = time.perf_counter()
             with env._let(max_idle_transforms=max(len(self.data.train), 100)):
                 trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
@@ -179,14 +190,18 @@ class Trainer:
                 "n_series_dropped": self.data.n_dropped,
                 "n_test_windows": self.data.n_series * c.test_windows,
                 "train_s": train_s,
-            })
+            },
+        )
 
 
 @contextmanager
 def _divergence_is_nan() -> Iterator[None]:
     """A diverged model must give a NaN loss (recorded), not a ValueError from torch.distributions' checks;
     Lightning's deterministic=True is undone afterwards too, since both are process-wide switches."""
-    validate, deterministic = torch.distributions.Distribution._validate_args, torch.are_deterministic_algorithms_enabled()
+    validate, deterministic = (
+        torch.distributions.Distribution._validate_args,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield

@@ -5,6 +5,7 @@ digits and a ~20k-parameter ResNet: offline, ~10 s on one CPU core) and `paper` 
 ResNet-18, He et al. 2016, "Deep Residual Learning for Image Recognition", arXiv 1512.03385,
 which needs torchvision). The package reads top to bottom: config.py, data.py, model.py, train.py.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@ model's device (as fast CIFAR trainers do, e.g. github.com/KellerJordan/cifar10-
 Pixels are standardised per channel with the training split's mean and std, after augmentation,
 so crop padding is black, as torchvision's RandomCrop(padding) before Normalize.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.paths import data_cache
 from spam_bench.tasks.vision.config import VisionConfig
 
-TORCHVISION_NEEDED = "an install with torchvision (pip install 'spam-bench[vision]' with a torchvision matching your torch)"
+TORCHVISION_NEEDED = (
+    "an install with torchvision (pip install 'spam-bench[vision]' with a torchvision matching your torch)"
+)
 SPLIT_SEED = 0  # the digits train/test split: fixed, so every seed and optimizer is tested on the same images
 
 
@@ -137,4 +140,4 @@ class Batches:
     def test_batches(self, size: int):
         """The whole test set, in order, normalised, in chunks of `size` (no augmentation)."""
         for start in range(0, len(self.data.test_y), size):
-            yield self.data.normalize(self.data.test_x[start:start + size]), self.data.test_y[start:start + size]
+            yield self.data.normalize(self.data.test_x[start : start + size]), self.data.test_y[start : start + size]

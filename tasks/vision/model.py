@@ -6,6 +6,7 @@ width doubles as the resolution halves, global average pooling and a linear head
 blocks 2,2,2,2 it is the usual CIFAR ResNet-18 (11,173,962 parameters for 10 classes, as in
 github.com/kuangliu/pytorch-cifar); `torchvision_resnet18` builds torchvision's with the same stem.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         layers, c = [], width
         for stage, n_blocks in enumerate(blocks):
-            c_out = width * 2 ** stage
+            c_out = width * 2**stage
             for i in range(n_blocks):
                 layers.append(BasicBlock(c, c_out, stride=2 if stage > 0 and i == 0 else 1))
                 c = c_out

@@ -7,6 +7,7 @@ suite's part (RNG states, telemetry); this module checkpoints the rest of what d
 future (model with its BatchNorm statistics, optimizer, schedule, step). The data order needs no
 state: data.Batches draws each epoch from (seed, epoch) alone, so a resumed run is bit-identical.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,14 +61,20 @@ class Trainer:
         self.model = build_model(c, data.channels, data.n_classes).to(ctx.device)
         self.optimizer = ctx.build_optimizer(self.model, model_info(self.model), lr=c.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio))
+            self.optimizer, lambda s: lr_multiplier(s, c.lr_warmup_steps, c.steps, c.min_lr_ratio)
+        )
         self.step = 0
         self.test = {"loss": float("nan"), "acc": float("nan")}
         self.diverged_step: int | None = None
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step, "test": dict(self.test)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "test": dict(self.test),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -124,7 +131,11 @@ class Trainer:
         done = self.step - start_step  # throughput of this attempt's updates alone (no evaluation, no logging)
         return TaskResult(
             value=None if self.diverged_step is not None else self.test["acc"],
-            steps=self.step, diverged_step=self.diverged_step,
-            metrics={"test_loss": self.test["loss"],
-                     "epochs": self.step / self.batches.steps_per_epoch,
-                     "train_samples_per_s": done * c.batch_size / train_time if train_time > 0 else None})
+            steps=self.step,
+            diverged_step=self.diverged_step,
+            metrics={
+                "test_loss": self.test["loss"],
+                "epochs": self.step / self.batches.steps_per_epoch,
+                "train_samples_per_s": done * c.batch_size / train_time if train_time > 0 else None,
+            },
+        )
