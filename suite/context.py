@@ -28,6 +28,7 @@ from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import RunRecorder
 from spam_bench.suite.seeding import rng_state, set_rng_state
+from spam_bench.suite.spikes import SAMPLES_RAW
 from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
 
 
@@ -59,7 +60,14 @@ class RunContext:
         self.optimizer = self.run.make_optimizer(model, info, lr=lr)
         self.n_params = sum(p.numel() for p in model.parameters())
         self.instruments = Instruments(
-            model, info, self.config, seed=self.seed, optimizer=self.optimizer, clip=self.run.clip, log=self.log
+            model,
+            info,
+            self.config,
+            seed=self.seed,
+            optimizer=self.optimizer,
+            clip=self.run.clip,
+            log=self.log,
+            samples_path=self.recorder.dir / SAMPLES_RAW if self.recorder is not None else None,
         )
         if self._suite_state is not None:
             self.instruments.load_state_dict(self._suite_state["instruments"])

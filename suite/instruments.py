@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spam_bench.suite.clipping import ClipRule
@@ -57,12 +56,18 @@ class Instruments:
         optimizer: torch.optim.Optimizer,
         clip: ClipRule,
         log: Log,
+        samples_path: Path | None = None,
     ):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.clip, self.log = optimizer, clip, log
         self.telemetry = (
             GradientTelemetry(
-                model, info, spike_ratio=fields.spike_ratio, samples_per_tensor=fields.gss_samples, seed=seed
+                model,
+                info,
+                spike_ratio=fields.spike_ratio,
+                samples_per_tensor=fields.gss_samples,
+                seed=seed,
+                samples_path=samples_path,
             )
             if fields.telemetry
             else None
@@ -202,9 +207,10 @@ class Instruments:
             "gss_spikes": {},
         }
         if self.telemetry:
+            trace = self.telemetry.trace()
             self.telemetry.save(run_dir)
-            if self.telemetry.records:
-                out["gss_spikes"] = gss_spike_counts(np.stack(self.telemetry.records), self.telemetry.column_roles())
+            if len(trace):
+                out["gss_spikes"] = gss_spike_counts(trace, self.telemetry.column_roles())
         recovery = self.recovery.summary()
         out.update(
             spikes_unrecovered=recovery["spikes_unrecovered"] if self.injector else None,

@@ -37,11 +37,17 @@ COARSE_ROLE = {
     "other": "other",
 }
 GSS_THRESHOLD = 50.0
-SAMPLES_FILE, SAMPLES_INDEX = "grad_samples.npy", "grad_samples.json"
+SAMPLES_FILE, SAMPLES_INDEX, SAMPLES_RAW = "grad_samples.npy", "grad_samples.json", "grad_samples.f32"
 
 
 class GradientTelemetry:
-    """Per-role gradient statistics each step, and a sampled-coordinate record for the GSS."""
+    """Per-role gradient statistics each step, and a sampled-coordinate record for the GSS.
+
+    With `samples_path`, the record is appended to that file (raw float32 rows) as it is taken, and a
+    checkpoint holds only its length, the way metrics.jsonl is handled: keeping the whole record in
+    every checkpoint made checkpoint I/O grow with the square of the run length. Without it (unit
+    tests, silent replicas) the rows stay in memory.
+    """
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class GradientTelemetry:
         samples_per_tensor: int,
         seed: int,
         ema: float = 0.99,
+        samples_path: Path | None = None,
     ):
         self.spike_ratio, self.ema = spike_ratio, ema
         self.roles: dict[str, list[torch.nn.Parameter]] = {}
@@ -68,7 +75,10 @@ class GradientTelemetry:
                 self.sampled.append((name, role, p, idx.to(p.device)))
         self.avg = {role: 0.0 for role in self.roles}
         self.steps_seen = 0
-        self.records: list[np.ndarray] = []
+        self.samples_path = samples_path
+        self.rows = 0  # rows recorded so far (the file may hold more, written after the last checkpoint)
+        self._memory: list[np.ndarray] = []
+        self._file: Any = None
 
     @torch.no_grad()
     def observe(self) -> dict[str, float]:
@@ -96,27 +106,52 @@ class GradientTelemetry:
                 (p.grad.reshape(-1)[idx] if p.grad is not None else torch.zeros(len(idx), device=idx.device)).float()
                 for _, _, p, idx in self.sampled
             ]
-            self.records.append(torch.cat(row).cpu().numpy())
+            self._append(torch.cat(row).cpu().numpy())
         return out
 
+    def _append(self, row: np.ndarray) -> None:
+        if self.samples_path is None:
+            self._memory.append(row)
+        else:
+            if self._file is None:  # drop rows a killed attempt wrote after its last checkpoint
+                self._file = open(self.samples_path, "a+b")  # noqa: SIM115 - held for the run, closed in save()
+                self._file.truncate(self.rows * row.size * 4)
+                self._file.seek(0, 2)
+            self._file.write(row.astype(np.float32).tobytes())
+        self.rows += 1
+
+    def trace(self) -> np.ndarray:
+        """The coordinate record so far: steps x sampled coordinates (float32)."""
+        width = len(self.column_roles())
+        if self.samples_path is None:
+            return np.stack(self._memory) if self._memory else np.zeros((0, width), np.float32)
+        if self._file is not None:
+            self._file.flush()
+        if not self.samples_path.exists() or width == 0:
+            return np.zeros((0, width), np.float32)
+        return np.fromfile(self.samples_path, dtype=np.float32, count=self.rows * width).reshape(self.rows, width)
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "avg": dict(self.avg),
-            "steps_seen": self.steps_seen,
-            "records": np.stack(self.records) if self.records else None,
-        }
+        if self._file is not None:
+            self._file.flush()
+        memory = np.stack(self._memory) if self._memory else None
+        return {"avg": dict(self.avg), "steps_seen": self.steps_seen, "rows": self.rows, "records": memory}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.avg, self.steps_seen = dict(state["avg"]), state["steps_seen"]
-        self.records = list(state["records"]) if state["records"] is not None else []
+        self.avg, self.steps_seen, self.rows = dict(state["avg"]), state["steps_seen"], state["rows"]
+        self._memory = list(state["records"]) if state["records"] is not None else []
 
     def column_roles(self) -> list[str]:
         return [role for _, role, _, idx in self.sampled for _ in range(len(idx))]
 
     def save(self, run_dir: Path) -> None:
         """The coordinate record (steps x samples) and which tensor/role each column belongs to."""
-        trace = np.stack(self.records) if self.records else np.zeros((0, len(self.column_roles())), np.float32)
-        np.save(run_dir / SAMPLES_FILE, trace)
+        np.save(run_dir / SAMPLES_FILE, self.trace())
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.samples_path is not None:
+            self.samples_path.unlink(missing_ok=True)
         index = [{"name": n, "role": r, "indices": idx.cpu().tolist()} for n, r, _, idx in self.sampled]
         (run_dir / SAMPLES_INDEX).write_text(json.dumps(index))
 

@@ -69,6 +69,7 @@ def test_every_task_ships_a_smoke_scale(task):
     assert "smoke" in TASKS.get(task).scales()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
     out, summaries = adam_clip_runs
@@ -81,6 +82,7 @@ def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
     assert spec["grad_clip"] == expected and spec["grad_clip_rule"] == s["grad_clip_rule"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
     out, summaries = adam_clip_runs
@@ -94,6 +96,7 @@ def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
     assert max(m["step"] for m in optim) == s["optimizer_steps"]  # one counter: the optimizer's steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_spam_reports_its_resets_through_the_suite(task, tmp_path):
     assert _run(tmp_path, task, "spam", "--set", "opt.reset_interval=3", "--set", "opt.warmup_steps=1") == 0
@@ -160,6 +163,7 @@ def test_the_code_fingerprint_covers_every_file_of_the_task_package(task, monkey
     identity.component_hash.cache_clear()
 
 
+@pytest.mark.slow
 def test_editing_an_optimizer_reruns_the_same_command_and_says_why(tmp_path, monkeypatch, capsys):
     plugin = tmp_path / "plugin" / "probe_opt"
     plugin.mkdir(parents=True)

@@ -83,6 +83,7 @@ def test_no_top_level_layer_package_is_installed(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_notebook_with_decoy_modules_runs_and_compares_its_own_optimizer(tmp_path):
     _decoys(tmp_path)
     script = f"EXPECTED = {str(REPO)!r}\n" + NOTEBOOK
@@ -97,6 +98,7 @@ def test_a_notebook_with_decoy_modules_runs_and_compares_its_own_optimizer(tmp_p
     assert proc.stdout.startswith("ok")
 
 
+@pytest.mark.slow
 def test_run_accepts_a_name_a_class_with_kwargs_and_a_factory(tmp_path):
     by_name = spam_bench.run("spikes", "adamw", scale="smoke", out=tmp_path)
     by_class = spam_bench.run(
@@ -115,6 +117,7 @@ def test_run_accepts_a_name_a_class_with_kwargs_and_a_factory(tmp_path):
     assert again.reused and again.value == by_class.value
 
 
+@pytest.mark.slow
 def test_compare_returns_the_leaderboard_table(tmp_path):
     table = spam_bench.compare("spikes", ["adamw", "spam"], seeds=[0, 1], scale="smoke", out=tmp_path)
     assert list(table["optimizer"]).count("adamw") == 1 and set(table["n"]) == {2}

@@ -11,6 +11,8 @@ from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.tasks.llm import TASK as LLM_TASK
 from spam_bench.tasks.llm4bit import TASK
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 
 def _run(out_dir, *sets, opt="adamw", extra=()):
     argv = ["run", "--task", "llm4bit", "--opt", opt, "--out", str(out_dir), *extra]

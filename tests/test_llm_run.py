@@ -6,11 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import sigkill_when, small_llm_sets
 
 from spam_bench.reports.build import write_leaderboard
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json, read_metrics
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
 
 
 def _run(out_dir, *sets, opt="adamw", extra=()):

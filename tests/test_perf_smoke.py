@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from spam_bench.optimizers import perf
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
 
 
 def test_perf_small_shapes_prints_table_and_json(tmp_path, capsys) -> None:

@@ -13,6 +13,8 @@ import pytest
 
 from spam_bench.reports.build import write_leaderboard
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 FIXTURE = Path(__file__).parent / "fixtures" / "report_runs" / "runs"
 CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
 BEST_ROW = np.array([227, 244, 225])  # tr.best background (#e3f4e1) in reports/html.py

@@ -19,6 +19,8 @@ from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import RunRecorder, read_json, read_metrics
 from spam_bench.tasks.rl.train import Trainer
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 # Two 256-step rollouts per 512 steps, 8 optimizer steps each; one 1000-step evaluation episode.
 SMALL = {
     "total_timesteps": 1024,

@@ -5,6 +5,8 @@ import pytest
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 
 def _run(out, opt, *sets):
     argv = ["run", "--task", "spikes", "--opt", opt, "--out", str(out), "--set", "steps=600", "--set", "eval_every=200"]

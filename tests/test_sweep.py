@@ -14,6 +14,8 @@ from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.suite.sweep import expand, parse_grid, parse_seeds
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 SPEED = small_llm_sets(steps=20, eval_every=10)
 
 

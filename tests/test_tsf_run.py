@@ -16,6 +16,8 @@ from spam_bench.suite.registry import OPTIMIZERS, OptimizerSpec
 from spam_bench.suite.results import read_json, read_metrics
 from spam_bench.tasks.tsf import TASK
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 # A few seconds per run: a small model, 2 epochs x 10 batches on statsmodels' fertility series.
 SMALL = {
     "epochs": 2,

@@ -1,5 +1,6 @@
 """Fair tuning: quasi-random points from declared spaces, ASHA, best saved, re-run with --from-tuning."""
 
+import pytest
 from conftest import small_llm_sets
 
 from spam_bench.runners.cli import main
@@ -16,6 +17,7 @@ def test_points_are_seeded_inside_bounds_and_log_spaced():
     assert 5 <= below_1e3 <= 11  # log-uniform: about half the points below the geometric midpoint
 
 
+@pytest.mark.slow
 def test_tune_saves_the_best_finished_trial_and_sweep_reuses_it(tmp_path, capsys):
     out = tmp_path / "out"
     sets = small_llm_sets(steps=18, eval_every=3)

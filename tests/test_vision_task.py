@@ -17,6 +17,8 @@ from spam_bench.tasks.vision.config import VisionConfig
 from spam_bench.tasks.vision.data import Batches, load_cifar10, load_digits, random_crop
 from spam_bench.tasks.vision.model import ResNet, model_info
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
+
 pytest.importorskip("sklearn", reason="the vision task's tiny scale needs scikit-learn (the [vision] extra)")
 
 # A ~10k-parameter ResNet that learns the digits in a few seconds on one thread.

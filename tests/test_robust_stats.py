@@ -1,0 +1,59 @@
+"""reports/robust_stats.py against rliable's published definitions, on fixtures with known answers."""
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from spam_bench.reports.robust_stats import (
+    iqm,
+    paired_t_power,
+    probability_of_improvement,
+    seeds_needed,
+    stratified_bootstrap_ci,
+)
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    # 8 scores sorted: -100, 1, 2, 3, 4, 5, 6, 100; the middle half is 2, 3, 4, 5 (rliable:
+    # scipy.stats.trim_mean(x, 0.25)), so the outliers do not move it.
+    assert iqm(np.array([100.0, 1, 2, 3, 4, 5, 6, -100])) == pytest.approx(3.5)
+    assert iqm(np.arange(1, 9).reshape(2, 4)) == pytest.approx(4.5)  # pooled over tasks
+
+
+def test_a_stratified_bootstrap_never_drops_a_task():
+    # Task "b" has one run, far above the rest: every stratified resample keeps it, so the pooled
+    # max is always 1000; an unstratified bootstrap would lose it in about (5/6)^6 of resamples.
+    seen = []
+    stratified_bootstrap_ci({"a": [0, 1, 2, 3, 4], "b": [1000]}, lambda x: seen.append(x.max()) or 0.0, resamples=200)
+    assert set(seen) == {1000.0}
+
+
+def test_the_ci_covers_the_point_and_narrows_with_more_runs():
+    rng = np.random.default_rng(1)
+    few = {t: rng.normal(0, 1, 3) for t in "abc"}
+    many = {t: rng.normal(0, 1, 30) for t in "abc"}
+    p, lo, hi = stratified_bootstrap_ci(few, np.mean)
+    assert lo <= p <= hi
+    _, lo2, hi2 = stratified_bootstrap_ci(many, np.mean)
+    assert hi2 - lo2 < hi - lo
+
+
+def test_probability_of_improvement_is_the_mann_whitney_statistic_averaged_over_tasks():
+    x = {"a": [3.0, 4.0], "b": [1.0, 1.0]}
+    y = {"a": [1.0, 2.0], "b": [1.0, 2.0]}
+    # a: every x beats every y -> 1; b: (1 vs 1 tie 0.5, 1 vs 2 loss 0) twice -> 0.25. Mean 0.625.
+    p, lo, hi = probability_of_improvement(x, y, resamples=500)
+    assert p == pytest.approx(0.625) and lo <= p <= hi
+    u = st.mannwhitneyu([3, 4], [1, 2], alternative="greater").statistic / 4
+    assert u == 1.0
+
+
+def test_power_matches_the_noncentral_t_and_seeds_needed_is_the_first_to_reach_it():
+    assert paired_t_power(10, 0.0) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's size
+    # Cohen's tables: d = 1 needs 10 pairs for 80% power (two-sided, alpha 0.05); 9 fall short.
+    assert paired_t_power(10, 1.0) >= 0.8 > paired_t_power(9, 1.0)
+    diffs = [1.0, 2.0, 0.0, 1.5, 0.5]  # mean 1, sd 0.79: d = 1.26
+    n = seeds_needed(diffs)
+    assert n is not None and paired_t_power(n, 1 / np.std(diffs, ddof=1)) >= 0.8
+    assert paired_t_power(n - 1, 1 / np.std(diffs, ddof=1)) < 0.8
+    assert seeds_needed([0.0, 0.0, 0.0]) is None and seeds_needed([1.0, 1.0]) == 2
