@@ -14,6 +14,7 @@ The context owns:
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,6 +81,19 @@ class RunContext:
         spike injection): the same optimizer spec and clip rule, its own instruments configured by
         `config`, and nothing logged, checkpointed or summarised."""
         return RunContext(self.run, None, self._stop, config)
+
+    def step(self, loss: float, scheduler: Any = None) -> None:
+        """One update the suite's way, for loops that own their loop (after `loss.backward()`): the
+        instruments and the clip rule, the optimizer's step (skipped on a non-finite loss, which the
+        task records as a divergence), zeroed gradients, the scheduler, and the step's telemetry."""
+        assert self.optimizer is not None and self.instruments is not None, "build_optimizer first"
+        self.instruments.before_step()
+        if math.isfinite(loss):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        self.instruments.after_step(loss)
 
     # --- files ---
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

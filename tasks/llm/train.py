@@ -106,12 +106,7 @@ class Trainer:
             loss = self.model.loss(xs, ys) / n_micro
             loss.backward()
             loss_sum += float(loss.detach())
-        self.ctx.instruments.before_step()
-        if math.isfinite(loss_sum):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.ctx.instruments.after_step(loss_sum)
+        self.ctx.step(loss_sum, self.scheduler)
         return loss_sum
 
     def fit(self) -> TaskResult:

@@ -88,12 +88,7 @@ class Trainer:
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         value = float(loss.detach())
-        self.ctx.instruments.before_step()  # spike injection, telemetry and the one clip rule
-        if math.isfinite(value):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.ctx.instruments.after_step(value)
+        self.ctx.step(value, self.scheduler)  # spike injection, telemetry, the one clip rule, the update
         return value
 
     def fit(self) -> TaskResult:
