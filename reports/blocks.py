@@ -25,6 +25,20 @@ class Block:
     table: Table | None = None
 
 
+def md_text(text: Any) -> str:
+    """Text for one Markdown line (a heading, a paragraph): line breaks become spaces.
+
+    Names and settings come from run folders, so they can hold any text; the blocks keep it raw
+    (the HTML renderer escapes for HTML) and only the Markdown renderers call these."""
+    return " ".join(str(text).splitlines())
+
+
+def md_cell(text: Any) -> str:
+    """Text for a Markdown table cell: one line, and `|` escaped (it would end the cell and shift
+    every later column of the row)."""
+    return md_text(text).replace("|", "\\|")
+
+
 def fmt(x: Any, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"

@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from spam_bench.reports.blocks import md_cell, md_text
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.resolve import code_of
-from spam_bench.suite.results import SPEC, SUMMARY, RunStore, read_json, read_metrics
+from spam_bench.suite.results import METRICS, SPEC, SUMMARY, RunStore, read_json
 
 # Every long row carries what is needed to tell runs apart without a join: the canonical
 # hyperparameters (overrides, opt_hparams), the effective optimizer config, versions, commit, hardware.
@@ -42,6 +46,35 @@ RUN_COLUMNS = [
 RECIPE_KEYS = ("lr",)
 # Operational fields that never change a result: not part of what defines a problem.
 OPERATIONAL_KEYS = ("threads", "checkpoint_every")
+# `runs.attrs` key: how many run folders load_runs skipped as malformed (the leaderboard's header says).
+MALFORMED_ATTR = "malformed_runs"
+_EMPTY_EXTRA_COLUMNS = ("primary_metric", "direction", "value", "reason", "wall_time_s", "finished_at", "problem")
+# What the report reads from summary.json, by type.
+_SUMMARY_NAMES = ("run_id", "task", "optimizer", "scale", "status", "primary_metric")
+_SUMMARY_NUMBERS = (
+    "value",
+    "steps",
+    "wall_time_s",
+    "optimizer_state_bytes",
+    "diverged_step",
+    "grad_clip",
+    "tokens_per_s",
+    "robustness",
+    "recovery_steps_mean",
+)
+_SUMMARY_MAPPINGS = (
+    "overrides",
+    "opt_hparams",
+    "versions",
+    "hardware",
+    "git",
+    "code",
+    "gss_spikes",
+    "clipped_entries",
+    "spike_events",
+)
+# `--since` as an age: at most a century (a larger one overflowed datetime; no run is that old).
+MAX_AGE_DAYS = 36_525
 
 
 def _settings(summary: dict) -> str:
@@ -75,13 +108,126 @@ def _recipe(summary: dict) -> str:
     return ", ".join(parts) or "defaults"
 
 
-def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs: one row per complete run, long: one row per run x split x metric x step)."""
-    runs, rows = [], []
-    for run_dir in store.complete_runs():
-        s = read_json(run_dir / SUMMARY)
-        spec = read_json(run_dir / SPEC) if (run_dir / SPEC).exists() else {}
+class MalformedRun(ValueError):
+    """A run folder whose files cannot be read as a run; the message names the file and says why."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number the tables can use: finite, and an int that fits int64 (JSON ints are unbounded)."""
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and -(2**63) < value < 2**63) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or MalformedRun (unreadable, empty, truncated, not an object)."""
+    try:
+        data = read_json(path)
+    except OSError as err:  # missing, a folder, unreadable
+        raise MalformedRun(path, err.strerror or type(err).__name__) from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise MalformedRun(path, f"not valid JSON (empty or truncated?): {err}") from None
+    if not isinstance(data, dict):
+        raise MalformedRun(path, f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _check_summary(path: Path, s: dict[str, Any]) -> None:
+    """The fields the report reads must have the types it reads them as (a hand-edited or foreign file)."""
+    for key in _SUMMARY_NAMES:
+        if not isinstance(s.get(key), str) or not s[key]:
+            raise MalformedRun(path, f"{key} is {_shown(s.get(key))}, not a name")
+    if s["run_id"] != path.parent.name or s["task"] != path.parent.parent.name:
+        raise MalformedRun(path, f"run {s['task']}/{s['run_id']} is not the folder it is in")
+    if not isinstance(s.get("seed"), int) or isinstance(s["seed"], bool) or s["seed"] < 0:
+        raise MalformedRun(path, f"seed is {_shown(s.get('seed'))}, not an int >= 0")
+    if s.get("direction") not in ("min", "max"):
+        raise MalformedRun(path, f"direction is {_shown(s.get('direction'))}, not min or max")
+    for key in _SUMMARY_NUMBERS:
+        if s.get(key) is not None and not _is_number(s[key]):
+            raise MalformedRun(path, f"{key} is {_shown(s[key])}, not a finite number")
+    for key in _SUMMARY_MAPPINGS:
+        value = s.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise MalformedRun(path, f"{key} is {_shown(value)}, not an object")
+    for key in ("gss_spikes", "clipped_entries", "spike_events"):  # role -> count, averaged by reports/spikes.py
+        if any(not _is_number(n) for n in (s.get(key) or {}).values()):
+            raise MalformedRun(path, f"{key} holds {_shown(s[key])}, not counts")
+    for key in ("reason", "device", "git_commit"):
+        if s.get(key) is not None and not isinstance(s[key], str):
+            raise MalformedRun(path, f"{key} is {_shown(s[key])}, not text")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl, every line checked: a run killed mid-write or cut short leaves a partial last line."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise MalformedRun(path, err.strerror or type(err).__name__) from None
+    except ValueError as err:  # UnicodeDecodeError
+        raise MalformedRun(path, f"not text: {err}") from None
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            m = json.loads(line)
+        except (ValueError, RecursionError):
+            raise MalformedRun(path, f"line {number} is not JSON (truncated?)") from None
+        if not isinstance(m, dict) or not isinstance(m.get("split"), str) or not isinstance(m.get("name"), str):
+            raise MalformedRun(path, f"line {number} is not a metric (split, name, step, value, wall)")
+        for key in ("step", "value", "wall"):
+            if m.get(key) is not None and not _is_number(m[key]):
+                raise MalformedRun(path, f"line {number}: {key} is {_shown(m[key])}, not a finite number")
+        rows.append(m)
+    if text and not text.endswith("\n"):
+        raise MalformedRun(path, "its last line is cut short (truncated)")
+    return rows
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], datetime]:
+    """(summary, spec, metrics, finished) of one complete run folder, every file checked."""
+    s = _read_object(run_dir / SUMMARY)
+    _check_summary(run_dir / SUMMARY, s)
+    spec: dict[str, Any] = {}
+    if (run_dir / SPEC).exists() or (run_dir / SPEC).is_symlink():
+        spec = _read_object(run_dir / SPEC)
+        for key in ("task_config", "optimizer_config"):
+            if spec.get(key) is not None and not isinstance(spec[key], dict):
+                raise MalformedRun(run_dir / SPEC, f"{key} is {_shown(spec[key])}, not an object")
+    metrics = _read_metrics(run_dir / METRICS)
+    try:
         finished = datetime.fromtimestamp((run_dir / SUMMARY).stat().st_mtime, UTC)
+    except OSError as err:
+        raise MalformedRun(run_dir / SUMMARY, err.strerror or type(err).__name__) from None
+    return s, spec, metrics, finished
+
+
+def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs: one row per complete run, long: one row per run x split x metric x step).
+
+    A run folder that cannot be read as a run (an empty, truncated or hand-edited summary.json, a
+    summary.json that is a folder, a value that is not a number, a truncated or missing metrics.jsonl,
+    a truncated spec.json) is skipped with one warning line on stderr naming the file and why: one bad
+    folder must neither abort the report nor hide the good runs. Their number is in
+    `runs.attrs[MALFORMED_ATTR]`, which the leaderboard's header reports.
+    """
+    runs, rows, malformed = [], [], 0
+    for run_dir in store.complete_runs():
+        try:
+            s, spec, metrics, finished = _read_run(run_dir)
+        except MalformedRun as err:
+            malformed += 1
+            print(f"spambench: warning: {' '.join(str(err).splitlines())}; run folder skipped", file=sys.stderr)
+            continue
         run = {
             "run_id": s["run_id"],
             "task": s["task"],
@@ -122,7 +268,7 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
         runs.append(run)
         base = {k: run[k] for k in RUN_COLUMNS}
-        for m in read_metrics(run_dir):
+        for m in metrics:
             rows.append(
                 {
                     **base,
@@ -144,11 +290,13 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             }
         )
     long_columns = [*RUN_COLUMNS, "split", "name", "step", "value", "wall"]
-    runs_df = pd.DataFrame(runs)
+    # An empty store still has the columns that later steps group and filter by.
+    runs_df = pd.DataFrame(runs) if runs else pd.DataFrame(columns=[*RUN_COLUMNS, *_EMPTY_EXTRA_COLUMNS])
     if not runs_df.empty:  # one label per problem: the shortest way its runs spell it
         runs_df["problem"] = runs_df.groupby(["task", "scale", "problem_key"])["problem"].transform(
             lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t))
         )
+    runs_df.attrs[MALFORMED_ATTR] = malformed
     return runs_df, pd.DataFrame(rows, columns=long_columns)
 
 
@@ -184,10 +332,12 @@ def mixed_code(runs: pd.DataFrame) -> list[str]:
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`--since`: an ISO date or datetime (UTC unless it says otherwise), or an age such as 7d or 12h."""
     now = now or datetime.now(UTC)
-    age = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhm])\s*", str(text))
+    age = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([dhm])\s*", str(text))
     if age:
-        unit = {"d": "days", "h": "hours", "m": "minutes"}[age.group(2)]
-        return now - timedelta(**{unit: float(age.group(1))})
+        days = float(age.group(1)) / {"d": 1, "h": 24, "m": 1440}[age.group(2)]
+        if days > MAX_AGE_DAYS:
+            raise ConfigError("since", text, f"an age of at most {MAX_AGE_DAYS}d (100 years), or an ISO date")
+        return now - timedelta(days=days)
     try:
         when = datetime.fromisoformat(str(text).strip())
     except ValueError:
@@ -259,12 +409,13 @@ def to_markdown(table: pd.DataFrame) -> str:
         metric, direction = g["metric"].iloc[0], g["direction"].iloc[0]
         better = "lower" if direction == "min" else "higher"
         lines += [
-            f"## {task} ({scale}; {settings})",
+            f"## {md_text(task)} ({md_text(scale)}; {md_text(settings)})",
             "",
-            f"| optimizer | {metric} mean ({better} is better) | std | seeds | diverged |",
+            f"| optimizer | {md_cell(metric)} mean ({better} is better) | std | seeds | diverged |",
             "|---|---|---|---|---|",
         ]
         for _, r in g.sort_values("mean", ascending=direction == "min").iterrows():
-            lines.append(f"| {r.optimizer} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {r.n_seeds} | {r.diverged} |")
+            row = f"| {md_cell(r.optimizer)} | {_fmt(r['mean'])} | {_fmt(r['std'])} | {r.n_seeds} | {r.diverged} |"
+            lines.append(row)
         lines.append("")
     return "\n".join(lines)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spam_bench.suite.config import field_docs, parse_assignments
+from spam_bench.suite.config import field_docs, json_ready, parse_assignments
+from spam_bench.suite.config_file import FileConfig, load_config, use_scale
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.paths import out_root
 from spam_bench.suite.registry import OPTIMIZERS, TASKS
@@ -44,6 +45,31 @@ def _ray_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
 
 
+def _file_flags(p: argparse.ArgumentParser) -> None:
+    """--config and the tracking flags: run, sweep and tune take the same ones."""
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="settings from a YAML file (task fields, opt.*, ...); --set wins"
+    )
+    p.add_argument(
+        "--track",
+        metavar="NAMES",
+        help="also report to experiment trackers: tensorboard, wandb, mlflow (comma-separated)",
+    )
+    p.add_argument(
+        "--track-every",
+        metavar="N",
+        help="send per-step training and telemetry records to trackers once per N steps (default 10)",
+    )
+
+
+def _tracking(args: argparse.Namespace, file: FileConfig) -> tuple[tuple[str, ...], int]:
+    """(tracker names, rate) from the flags, else the config file; validated before anything runs."""
+    from spam_bench.suite.tracking import parse_every, parse_trackers
+
+    names = parse_trackers(args.track if args.track is not None else file.track)
+    return names, parse_every(args.track_every if args.track_every is not None else file.track_every)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="spambench", description="A benchmark suite for deep-learning optimizers around SPAM.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -52,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--task", required=True, help="a registered task (see `spambench list`)")
     run.add_argument("--opt", required=True, help="a registered optimizer (see `spambench list`)")
     run.add_argument("--seed", default="0", help="random seed, an int >= 0")
-    run.add_argument("--scale", default="tiny", help="a scale of the task (tiny, paper-60m, ...)")
+    run.add_argument(
+        "--scale", default="tiny", help="a scale of the task (tiny, paper-60m, ...) or a path to your own scale .yaml"
+    )
     run.add_argument(
         "--set",
         action="append",
@@ -62,32 +90,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     run.add_argument("--force", action="store_true", help="discard an existing run folder and start over")
+    _file_flags(run)
 
     sw = sub.add_parser("sweep", help="optimizers x seeds x grid on Ray Tune (embedded, or a cluster with --address)")
     sw.add_argument("--task", required=True)
-    sw.add_argument("--opt", required=True, help="comma-separated optimizers, e.g. spam,adamw")
-    sw.add_argument("--seeds", default="0", help="seed ranges and lists, e.g. 0-4 or 0,2,5-7")
+    sw.add_argument("--opt", help="comma-separated optimizers, e.g. spam,adamw (or opt: in --config)")
+    sw.add_argument("--seeds", help="seed ranges and lists, e.g. 0-4 or 0,2,5-7 (default 0)")
     sw.add_argument(
         "--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (task key or opt.KEY); repeatable"
     )
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run; repeatable")
-    sw.add_argument("--scale", default="tiny")
+    sw.add_argument("--scale", default="tiny", help="a scale of the task or a path to your own scale .yaml")
     sw.add_argument("--device", default="cpu")
     sw.add_argument(
         "--from-tuning", action="store_true", help="use each optimizer's best configuration from `spambench tune`"
     )
     _ray_flags(sw)
+    _file_flags(sw)
 
     tn = sub.add_parser(
         "tune", help="the same number of quasi-random trials per optimizer from its search space (ASHA)"
     )
     tn.add_argument("--task", required=True)
-    tn.add_argument("--opt", required=True, help="comma-separated optimizers")
+    tn.add_argument("--opt", help="comma-separated optimizers (or opt: in --config)")
     tn.add_argument("--trials", default="8", help="trials per optimizer")
     tn.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every trial; repeatable")
-    tn.add_argument("--scale", default="tiny")
+    tn.add_argument("--scale", default="tiny", help="a scale of the task or a path to your own scale .yaml")
     tn.add_argument("--device", default="cpu")
     _ray_flags(tn)
+    _file_flags(tn)
 
     rep = sub.add_parser("report", help="leaderboard (Markdown + HTML + plots) of every complete run")
     rep.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
@@ -105,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
+    lst.add_argument("--json", action="store_true", help="machine-readable: one JSON object on stdout")
 
     perf = sub.add_parser("perf", help="optimizer step time and state memory on LLaMA-60M shapes", add_help=False)
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
@@ -125,18 +157,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from spam_bench.runners.local import execute
     from spam_bench.suite.resolve import resolve
     from spam_bench.suite.results import RunStore
+    from spam_bench.suite.tracking import TrackSettings, tracked_recorder
 
+    file = load_config(args.config, "run") if args.config else FileConfig()
+    track, every = _tracking(args, file)
     run = resolve(
         task=args.task,
         optimizer=args.opt,
         seed=args.seed,
-        scale=args.scale,
-        sets=parse_assignments(args.set),
+        scale=use_scale(TASKS.get(args.task), args.scale),
+        sets={**file.sets, **parse_assignments(args.set)},  # the command line wins
         device=args.device,
     )
     store = RunStore(out_root(args.out))
+    recorder_cls = tracked_recorder(TrackSettings(track, group=args.task, every=every))
     try:
-        summary, run_dir, cached = execute(run, store, force=args.force)
+        summary, run_dir, cached = execute(run, store, force=args.force, recorder_cls=recorder_cls)
     except KeyboardInterrupt:
         saved = (store.run_dir(run.spec.task, run.spec.run_id) / "checkpoint.pt").exists()
         where = "from its checkpoint" if saved else "(no checkpoint yet: it starts over)"
@@ -165,14 +201,17 @@ def _ray_options(args: argparse.Namespace, out: Path, name: str) -> SweepOptions
     gpus = coerce("gpus-per-trial", args.gpus_per_trial, int)
     max_conc = coerce("max-concurrent", args.max_concurrent, int | None)
     max_fail = coerce("max-failures", args.max_failures, int)
-    if cpus <= 0:
-        raise ConfigError("cpus-per-trial", cpus, "a number > 0")
+    if not math.isfinite(cpus) or cpus <= 0:  # NaN passed `cpus <= 0` and left every trial PENDING
+        raise ConfigError("cpus-per-trial", cpus, "a finite number > 0")
     if gpus < 0 or max_fail < 0:
         raise ConfigError("gpus-per-trial" if gpus < 0 else "max-failures", min(gpus, max_fail), "an int >= 0")
     if max_conc is not None and max_conc < 1:
         raise ConfigError("max-concurrent", max_conc, "an int >= 1")
     if args.address:
         check_address(args.address)
+    # What each trial will request (sweep(): CUDA runs own at least one whole GPU, CPU runs none), so
+    # that ray_tune.check_resources compares the real request with the cluster's nodes.
+    gpus = max(1, gpus) if str(args.device).startswith("cuda") else 0
     return SweepOptions(
         name=args.name or name,
         out=out,
@@ -196,25 +235,43 @@ def _print_trials(results: list[dict], name: str, where: Path) -> int:
     return 1 if failed else 0
 
 
+def _optimizers(args: argparse.Namespace, file: FileConfig) -> list[str]:
+    """--opt, else the config file's `opt:` list; one of the two is required."""
+    from spam_bench.suite.sweep import parse_list
+
+    if args.opt is not None:
+        return parse_list(args.opt, "opt")
+    if file.optimizers:
+        return parse_list(",".join(file.optimizers), "opt")  # the same checks as --opt
+    raise ConfigError("opt", None, "comma-separated optimizers, from --opt or `opt:` in --config")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from spam_bench.suite.results import RunStore
-    from spam_bench.suite.sweep import expand, parse_grid, parse_list, parse_seeds, sweep_name
+    from spam_bench.suite.sweep import expand, parse_grid, parse_seeds, sweep_name
     from spam_bench.suite.tuning import load_best
 
     out = out_root(args.out)
-    optimizers = parse_list(args.opt, "opt")
-    tuned = {o: load_best(out, args.task, args.scale, o) for o in optimizers} if args.from_tuning else None
+    file = load_config(args.config, "sweep") if args.config else FileConfig()
+    track, every = _tracking(args, file)
+    optimizers = _optimizers(args, file)
+    scale = use_scale(TASKS.get(args.task), args.scale)
+    tuned = {o: load_best(out, args.task, scale, o) for o in optimizers} if args.from_tuning else None
+    # The command line wins, key by key: its --set fixes a key the file sweeps, its --grid sweeps a
+    # key the file fixes (a key both fixed and swept by the same layer stays an error, in expand).
+    cli_sets, cli_grid = parse_assignments(args.set), parse_grid(args.grid)
     runs = expand(
         task=args.task,
         optimizers=optimizers,
-        seeds=parse_seeds(args.seeds),
-        grid=parse_grid(args.grid),
-        sets=parse_assignments(args.set),
-        scale=args.scale,
+        seeds=parse_seeds(args.seeds if args.seeds is not None else file.seeds or "0"),
+        grid={**{k: v for k, v in file.grid.items() if k not in cli_sets}, **cli_grid},
+        sets={**{k: v for k, v in file.sets.items() if k not in cli_grid}, **cli_sets},
+        scale=scale,
         device=args.device,
         opt_sets=tuned,
     )
     options = _ray_options(args, out, sweep_name(runs))
+    options.track, options.track_every = track, every
     store = RunStore(out)
     pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
@@ -228,22 +285,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from spam_bench.runners.ray_tune import sweep
     from spam_bench.suite.config import coerce
-    from spam_bench.suite.sweep import parse_list, sweep_name
+    from spam_bench.suite.sweep import sweep_name
     from spam_bench.suite.tuning import plan_trials, save_best_trials, tuning_store
 
     out = out_root(args.out)
+    file = load_config(args.config, "tune") if args.config else FileConfig()
+    track, every = _tracking(args, file)
     trials = coerce("trials", args.trials, int)
     if trials < 1:
         raise ConfigError("trials", trials, "an int >= 1")
     runs, drawn = plan_trials(
         task=args.task,
-        optimizers=parse_list(args.opt, "opt"),
+        optimizers=_optimizers(args, file),
         trials=trials,
-        sets=parse_assignments(args.set),
-        scale=args.scale,
+        sets={**file.sets, **parse_assignments(args.set)},
+        scale=use_scale(TASKS.get(args.task), args.scale),
         device=args.device,
     )
     options = _ray_options(args, tuning_store(out), "tune-" + sweep_name(runs)[len("sweep-") :])
+    options.track, options.track_every = track, every
     options.asha = (runs[0].task.primary_metric, runs[0].task.direction, runs[0].task.budget(runs[0].config))
     code = _print_trials(sweep(runs, options), options.name, tuning_store(out))
     for line, ok in save_best_trials(out, runs, drawn, trials):
@@ -253,17 +313,73 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """Flags are checked before the store is read: reading it warns about each malformed run folder,
+    and a bad flag must still be the only line on stderr."""
     from spam_bench.reports.build import write_leaderboard
+    from spam_bench.reports.summary import parse_since
 
+    out = out_root(args.out)
+    if args.since is not None:
+        parse_since(args.since)
     markdown, report_dir = write_leaderboard(
-        out_root(args.out), task=args.task, opt=args.opt, scale=args.scale, since=args.since, all_code=args.all_code
+        out, task=args.task, opt=args.opt, scale=args.scale, since=args.since, all_code=args.all_code
     )
     print(markdown)
     print(f"written: {report_dir}/ (leaderboard.md, leaderboard.html, summary.md, results.parquet, *.png)")
     return 0
 
 
+def _list_json(what: str | None) -> dict:
+    """`spambench list --json`: what scripts (the Makefile's leaderboard, CI) read instead of the text."""
+    out: dict = {}
+    if what in (None, "tasks"):
+        out["tasks"] = [
+            {
+                "name": name,
+                "description": t.description,
+                "scales": list(t.scales()),
+                "metric": t.primary_metric,
+                "direction": t.direction,
+            }
+            for name, t in ((n, TASKS.get(n)) for n in TASKS.names())
+        ]
+    if what in (None, "optimizers"):
+        out["optimizers"] = [
+            {
+                "name": name,
+                "description": o.description,
+                "reference": o.reference,
+                "defaults": o.defaults(),
+                "grad_clip": o.grad_clip,
+                "search_space": sorted(o.search_space),
+                "capabilities": {
+                    "needs_closure": o.needs_closure,
+                    "needs_roles": o.needs_roles,
+                    "sparse_state": o.sparse_state,
+                    "devices": list(o.devices),
+                    "dtypes": list(o.dtypes),
+                },
+            }
+            for name, o in ((n, OPTIMIZERS.get(n)) for n in OPTIMIZERS.names())
+        ]
+        out["families"] = [
+            {"prefix": prefix, "description": fam.description, "members": list(fam.members())}
+            for prefix, fam in sorted(OPTIMIZERS.families.items())
+        ]
+    out["broken"] = {
+        f"{registry.kind}:{name}": reason
+        for registry in (TASKS, OPTIMIZERS)
+        for name, reason in sorted(registry.broken.items())
+    }
+    return out
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    if args.json:
+        import json
+
+        print(json.dumps(json_ready(_list_json(args.what)), indent=2, default=str))
+        return 0
     if args.what in (None, "tasks"):
         print("tasks:")
         for name in TASKS.names():
@@ -333,8 +449,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as err:
-        print(f"spambench: error: {err}", file=sys.stderr)
+        print(f"spambench: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _one_line(text: str) -> str:
+    """The promise is one line: a value or a plug-in's import error may carry newlines of its own."""
+    return " ".join(text.splitlines())
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -22,6 +24,16 @@ from spam_bench.suite.errors import ConfigError
 
 C = TypeVar("C")
 _MISSING = dataclasses.MISSING
+# Numbers typed on a command line: ASCII digits only. Python's int() and float() also take other
+# scripts' digits ('٣' is 3) and digit-group underscores ('1_0' is 10), so two spellings that look
+# nothing alike would name the same run (and one that looks like a typo would silently run).
+_ASCII_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# Every int a config holds ends up in torch or numpy, whose ints are 64-bit; bounding them here also
+# keeps products of two fields (estimates, messages) small enough to print.
+_INT_LIMIT = 2**63
+_ASCII_FLOAT = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)", re.ASCII | re.I
+)
 
 
 def param(
@@ -84,13 +96,18 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if base is int:
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError
-                return int(value)
-            return int(str(value).replace("_", ""))
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str) and not _ASCII_INT.fullmatch(value.strip()):
+                raise ValueError
+            number = int(value)
+            if not -_INT_LIMIT < number < _INT_LIMIT:
+                raise ConfigError(name, value, "an int with |value| < 2**63 (what torch's int64 holds)")
+            return number
         if base is float:
             if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str) and not _ASCII_FLOAT.fullmatch(value.strip()):
                 raise ValueError
             return float(value)
         if base is str:
@@ -102,7 +119,9 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             args = typing.get_args(base)
             elem = args[0] if args else float
             return tuple(coerce(name, v.strip() if isinstance(v, str) else v, elem) for v in items)
-    except (TypeError, ValueError):
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(name, value, getattr(base, "__name__", str(base))) from None
     return value
 
@@ -128,13 +147,20 @@ def _check_bounds(name: str, value: Any, meta: Mapping[str, Any], type_name: str
                 raise ConfigError(name, value, _bounds_text(meta, type_name))
 
 
+def shown_field(key: Any) -> str:
+    """A user-typed key as an error's field: as typed when it prints as one line, else its repr
+    (a key holding a line break or a control character would break the one-line error)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def build_config(cls: type[C], values: Mapping[str, Any], *, prefix: str = "") -> C:
     """Build dataclass `cls` from `values`, validating every field; unknown keys are errors."""
     fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(prefix + unknown[0], values[unknown[0]], "keys " + ", ".join(sorted(fields)))
+        raise ConfigError(shown_field(prefix + unknown[0]), values[unknown[0]], "keys " + ", ".join(sorted(fields)))
     kwargs = {}
     for name, f in fields.items():
         if name in values:
@@ -176,11 +202,64 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:
-    """Parse `key=value` strings; values stay strings until `build_config` types them."""
+    """Parse `key=value` strings; values stay strings until `build_config` types them.
+
+    A key given twice is refused rather than "the last one wins": the two values disagree, and which
+    one the user meant cannot be told from the command line (a sweep's --set list is often edited).
+    """
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(flag, item, "key=value")
+        if key.strip() in out:
+            raise ConfigError(flag, item, f"each key once ({key.strip()} is already {out[key.strip()]!r})")
         out[key.strip()] = value.strip()
     return out
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number readable (error messages). Estimates
+    from absurd sizes can be ints beyond any float: those are given as a power of ten."""
+    if n >= 2**100:
+        return f"about 1e{int(math.log10(n))} B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_fits_memory(config: Any, estimate: Callable[[Any], int], fields: Sequence[str], what: str) -> None:
+    """Refuse a config whose memory estimate exceeds this machine's physical memory (from a task's
+    `validate()`), naming the size field whose default would shrink the estimate most.
+
+    `estimate(config)` must be a lower bound in bytes (what any run of it must hold at once), so only
+    sizes that cannot possibly run are refused, in one line and before anything is written, instead of
+    an allocation traceback minutes later. A sweep's driver is checked against its own memory, which is
+    why the bound is deliberately low: a cluster node may have more, but not 1000x more.
+    """
+    have, need = machine_memory(), estimate(config)
+    if have is None or need <= have:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not _MISSING}
+    candidates = [name for name in fields if name in defaults] or list(fields)
+    culprit = min(
+        candidates,
+        key=lambda name: estimate(dataclasses.replace(config, **{name: defaults[name]})) if name in defaults else need,
+    )
+    raise ConfigError(
+        culprit,
+        getattr(config, culprit),
+        f"a size that fits in memory: {what} needs at least {human_bytes(need)}, "
+        f"more than this machine's {human_bytes(have)}",
+    )

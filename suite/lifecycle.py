@@ -7,6 +7,11 @@
 3. The summary is assembled here, in one place, from the spec, the task's result, the context's
    measurements (clip rule, optimizer state, telemetry), the code fingerprint and the environment,
    and written last, atomically: its presence is what makes the run complete.
+
+Everything that writes the run folder (setting it aside, discarding it for --force, resuming, the
+summary) happens while this process holds the run's lock (suite/lock.py): a second process on the
+same run id refuses in one line naming the holder, or waits for it (`wait`). Reusing a complete
+run only reads, and takes no lock.
 """
 
 from __future__ import annotations
@@ -22,8 +27,17 @@ from spam_bench.suite.environment import describe
 from spam_bench.suite.errors import NOT_APPLICABLE, ConfigError, NotApplicable
 from spam_bench.suite.identity import changed_parts
 from spam_bench.suite.interrupt import deferred_interrupt
+from spam_bench.suite.lock import LOCK, RunLock
 from spam_bench.suite.resolve import ResolvedRun
-from spam_bench.suite.results import CHECKPOINT, SPEC, SUMMARY, RunRecorder, RunStore, read_json
+from spam_bench.suite.results import (
+    CHECKPOINT,
+    SPEC,
+    SUMMARY,
+    RunRecorder,
+    RunStore,
+    read_json,
+    remove_stale_temp_files,
+)
 
 
 def _say(line: str) -> None:
@@ -41,19 +55,25 @@ def _stored_code(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _set_aside_if_stale(run: ResolvedRun, store: RunStore, run_dir: Path, say: Callable[[str], None]) -> None:
-    """Move a run folder made by other code out of the way, telling the user what changed."""
-    if not run_dir.exists():
-        return
+def _is_current(run: ResolvedRun, run_dir: Path) -> bool:
+    old = _stored_code(run_dir)
+    return old is not None and old.get("id") == run.code["id"]
+
+
+def _set_aside_if_stale(run: ResolvedRun, store: RunStore, run_dir: Path, say: Callable[[str], None]) -> Path | None:
+    """Move a run folder made by other code out of the way, telling the user what changed; where it went."""
+    if not run_dir.exists() or all(p.name == LOCK for p in run_dir.iterdir()):
+        return None  # nothing there yet but (our) lock
     old, new = _stored_code(run_dir), run.code
     if old and old.get("id") == new["id"]:
-        return
+        return None
     kept = store.set_aside(run_dir, (old or {}).get("id") or "unversioned")
     what = "complete" if (kept / SUMMARY).exists() else "partial"
     say(
         f"re-running {run.spec.run_id}: {', '.join(changed_parts(old, new))} changed since its {what} run "
         f"(kept in {kept})"
     )
+    return kept
 
 
 def execute(
@@ -63,16 +83,45 @@ def execute(
     force: bool = False,
     recorder_cls: type[RunRecorder] = RunRecorder,
     say: Callable[[str], None] = _say,
+    wait: float | None = None,
 ) -> tuple[dict[str, Any], Path, bool]:
-    """Run (or resume, or reuse) one spec; returns (summary, run folder, whether it was reused)."""
+    """Run (or resume, or reuse) one spec; returns (summary, run folder, whether it was reused).
+
+    `wait`: when another live process is writing this run, None refuses at once (`RunInProgress`, a
+    ConfigError: one line naming the holder, exit status 2); a number of seconds waits that long for
+    it to finish first (math.inf: as long as it takes), then reuses what it completed.
+    """
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
-    if force:
-        RunStore.discard(run_dir)
-    else:
-        _set_aside_if_stale(run, store, run_dir, say)
-        if RunStore.is_complete(run_dir):
-            return read_json(run_dir / SUMMARY), run_dir, True
+    if not force and RunStore.is_complete(run_dir) and _is_current(run, run_dir):
+        return read_json(run_dir / SUMMARY), run_dir, True  # only read: no lock needed
+    with RunLock(run_dir, run.spec.run_id, wait=wait, say=say) as lock:
+        # The folder may only be moved or cleaned by its lock holder. Moving it (set aside, discard)
+        # takes our lock file along, so the lock is taken again at the same path.
+        if force:
+            RunStore.discard(run_dir)
+            lock.retake()
+        else:
+            remove_stale_temp_files(run_dir)  # left by writers that died: no writer is alive now
+            kept = _set_aside_if_stale(run, store, run_dir, say)
+            if kept is not None:
+                lock.retake()
+                (kept / LOCK).unlink(missing_ok=True)  # our old lock file went along with the folder
+            if RunStore.is_complete(run_dir):  # completed by the holder we waited for
+                return read_json(run_dir / SUMMARY), run_dir, True
+        return _run(run, run_dir, recorder_cls, say, lock)
+
+
+def _run(
+    run: ResolvedRun,
+    run_dir: Path,
+    recorder_cls: type[RunRecorder],
+    say: Callable[[str], None],
+    lock: RunLock,
+) -> tuple[dict[str, Any], Path, bool]:
+    """Resume or start the run in `run_dir`, whose lock this process holds."""
     recorder = recorder_cls(run_dir, run.record())
+    recorder.say = say  # says which checkpoint was unreadable and set aside
+    recorder.write_guard = lock.verify  # no checkpoint once another process has taken the run over
     ctx: RunContext | None = None
     try:
         with deferred_interrupt() as stop:
@@ -105,6 +154,7 @@ def execute(
             "code": run.code,
             **describe(run.spec.device),
         }
+        lock.verify()  # the summary makes the run complete: only its lock holder may write it
         return recorder.finish(summary), run_dir, False
     finally:
         if ctx is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from spam_bench.suite.clipping import ClipRule
-from spam_bench.suite.config import build_config, coerce, to_dict
+from spam_bench.suite.config import build_config, coerce, shown_field, to_dict
 from spam_bench.suite.contract import Task
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.identity import fingerprint
@@ -24,7 +24,11 @@ from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
 from spam_bench.suite.spec import RunSpec
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# fullmatch with ASCII digits: `$` would accept "cpu\n" and `\d` other scripts' digits (a second name
+# for the same device, hence a second run id for the same run).
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,4})?", re.ASCII)
+# numpy (np.random.seed, RandomState) takes 32-bit seeds; a larger one fails only once the run starts.
+SEED_LIMIT = 2**32
 
 
 @dataclass
@@ -67,19 +71,27 @@ class ResolvedRun:
 def _split_sets(
     sets: Mapping[str, str], task_fields: set[str], opt_fields: set[str], opt_name: str
 ) -> tuple[dict, dict]:
+    """(task values, optimizer values). `beta2=...` and `opt.beta2=...` name one field: giving both is
+    refused (as a repeated --set key is), not settled by the order of a dict."""
     task_vals, opt_vals = {}, {}
     for key, value in sets.items():
         if key.startswith("opt."):
             if key[4:] not in opt_fields:
-                raise ConfigError(key, value, f"optimizer {opt_name} keys " + ", ".join(sorted(opt_fields)))
+                raise ConfigError(
+                    shown_field(key), value, f"optimizer {opt_name} keys " + ", ".join(sorted(opt_fields))
+                )
+            if key[4:] in opt_vals:
+                raise ConfigError(key, value, f"one value per field (opt.{key[4:]} is also given as {key[4:]})")
             opt_vals[key[4:]] = value
         elif key in task_fields:
             task_vals[key] = value
         elif key in opt_fields:
+            if key in opt_vals:
+                raise ConfigError(key, value, f"one value per field ({key} is also given as opt.{key})")
             opt_vals[key] = value
         else:
             raise ConfigError(
-                key,
+                shown_field(key),
                 value,
                 "task keys "
                 + ", ".join(sorted(task_fields))
@@ -99,9 +111,13 @@ def code_of(task: str, optimizer: str) -> dict[str, Any]:
     )
 
 
+def _device_syntax_ok(device: Any) -> bool:
+    return isinstance(device, str) and _DEVICE.fullmatch(device) is not None
+
+
 def check_device(device: str) -> None:
     """A device this machine has: refused in one line before any run folder exists."""
-    if not _DEVICE.match(device):
+    if not _device_syntax_ok(device):
         raise ConfigError("device", device, "cpu, cuda or cuda:N")
     if device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -151,11 +167,13 @@ def resolve(
     seed = coerce("seed", seed, int)
     if seed < 0:
         raise ConfigError("seed", seed, "int >= 0")
+    if seed >= SEED_LIMIT:
+        raise ConfigError("seed", seed, f"int < 2**32 = {SEED_LIMIT} (numpy seeds are 32-bit)")
     if scale not in task_obj.scales():
         raise ConfigError("scale", scale, task_obj.scales())
     if device_here:
         check_device(device)
-    elif not _DEVICE.match(device):
+    elif not _device_syntax_ok(device):
         raise ConfigError("device", device, "cpu, cuda or cuda:N")
     task_fields = {f.name for f in dataclasses.fields(task_obj.config_cls)}
     opt_fields = {f.name for f in dataclasses.fields(opt_spec.config_cls)}

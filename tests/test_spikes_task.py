@@ -9,9 +9,11 @@ pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make t
 
 
 def _run(out, opt, *sets):
-    argv = ["run", "--task", "spikes", "--opt", opt, "--out", str(out), "--set", "steps=600", "--set", "eval_every=200"]
-    for s in sets:
-        argv += ["--set", s]
+    # The test's own sets replace the defaults here: the CLI refuses a key given twice.
+    values = {"steps": "600", "eval_every": "200", **dict(s.split("=", 1) for s in sets)}
+    argv = ["run", "--task", "spikes", "--opt", opt, "--out", str(out)]
+    for key, value in values.items():
+        argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0
     (summary,) = [read_json(p) for p in out.glob(f"runs/spikes/{opt}-*/summary.json")]
     return summary

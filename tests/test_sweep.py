@@ -48,7 +48,11 @@ def test_expand_is_optimizers_x_grid_x_seeds_with_distinct_run_ids():
         (["--opt", "adamw", "--seeds", "a"], "seeds: invalid value 'a'"),
         (["--opt", "adamw", "--grid", "lr"], "--grid: invalid value 'lr' (allowed: key=value)"),
         (["--opt", "adamw", "--grid", "lr=1e-3,,2e-3"], "--grid: invalid value 'lr=1e-3,,2e-3'"),
-        (["--opt", "adamw", "--grid", "lr=1e-3,-1"], "lr: invalid value -1.0 (allowed: float > 0.0)"),
+        (
+            ["--opt", "adamw", "--grid", "min_lr_ratio=0.1,-1"],
+            "min_lr_ratio: invalid value -1.0 (allowed: float >= 0.0 and <= 1.0)",
+        ),
+        (["--opt", "adamw", "--grid", "lr=1e-3,2e-3"], "--grid: invalid value 'lr' (allowed: a key that --set"),
         (
             ["--opt", "adamw", "--address", "127.0.0.1:1"],
             "address: invalid value '127.0.0.1:1' (allowed: a reachable Ray head",

