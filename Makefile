@@ -10,7 +10,7 @@ VENV ?= .venv
 TORCH_VERSION := 2.13.0
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= torch==$(TORCH_VERSION) $(if $(HAS_NVIDIA),,--index-url https://download.pytorch.org/whl/cpu)
-EXTRAS ?= rl,tsf,ray,zoo,report,vision,dev
+EXTRAS ?= rl,tsf,ray,zoo,report,vision,track,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.spam-bench-installed
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha256sum | cut -c1-12)
@@ -26,6 +26,9 @@ GRID ?=
 SWEEP_ARGS ?=
 OUT ?=
 OUT_FLAG := $(if $(OUT),--out $(OUT),)
+# Experiment trackers, e.g. TRACK=tensorboard or TRACK=wandb,mlflow (W&B offline unless WANDB_MODE is set).
+TRACK ?=
+TRACK_FLAG := $(if $(TRACK),--track $(TRACK),)
 SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
 GRID_FLAGS := $(foreach kv,$(GRID),--grid $(kv))
 comma := ,
@@ -53,11 +56,11 @@ $(STAMP): pyproject.toml constraints.txt $(TORCH_STAMP)
 	@touch $(STAMP)
 
 bench: $(STAMP)
-	$(BIN)/spambench run --task $(TASK) --opt $(OPT) --seed $(SEED) --scale $(SCALE) $(SET_FLAGS) $(OUT_FLAG)
+	$(BIN)/spambench run --task $(TASK) --opt $(OPT) --seed $(SEED) --scale $(SCALE) $(SET_FLAGS) $(OUT_FLAG) $(TRACK_FLAG)
 
 # e.g. make sweep TASK=llm OPTS=spam,adamw SEEDS=0-4 GRID='lr=1e-3,3e-3' SWEEP_ARGS='--address auto'
 sweep: $(STAMP)
-	$(BIN)/spambench sweep --task $(TASK) --opt $(OPTS) --seeds $(SEEDS) --scale $(SCALE) $(GRID_FLAGS) $(SET_FLAGS) $(OUT_FLAG) $(SWEEP_ARGS)
+	$(BIN)/spambench sweep --task $(TASK) --opt $(OPTS) --seeds $(SEEDS) --scale $(SCALE) $(GRID_FLAGS) $(SET_FLAGS) $(OUT_FLAG) $(TRACK_FLAG) $(SWEEP_ARGS)
 
 report: $(STAMP)
 	$(BIN)/spambench report $(OUT_FLAG)
@@ -66,12 +69,14 @@ LEADERBOARD_SEEDS ?= 0-2
 LEADERBOARD_SWEEP_ARGS ?=
 # Comma-separated subset of tasks (e.g. rl,tsf); empty = every registered task. CI shards on it.
 LEADERBOARD_TASKS ?=
+# The registry's names, read from `spambench list --json` (not from the human-readable listing).
+LIST_NAMES = $(BIN)/spambench list $(1) --json | $(BIN)/python -c 'import json, sys; print("$(2)".join(x["name"] for x in json.load(sys.stdin)["$(1)"]))'
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)
 	@status=0; begin=$$SECONDS; \
-	opts=$$($(BIN)/spambench list optimizers | awk '/^  [a-z0-9_]/ && $$1 !~ /:/ {print $$1}' | paste -sd, -); \
+	opts=$$($(call LIST_NAMES,optimizers,$(comma))) || exit 1; \
 	tasks="$(subst $(comma), ,$(LEADERBOARD_TASKS))"; \
-	test -n "$$tasks" || tasks=$$($(BIN)/spambench list tasks | awk '/^  [a-z0-9_]/ {print $$1}'); \
+	test -n "$$tasks" || tasks=$$($(call LIST_NAMES,tasks, )) || exit 1; \
 	for task in $$tasks; do \
 	  echo "leaderboard: $$task x {$$opts} x seeds $(LEADERBOARD_SEEDS)"; start=$$SECONDS; \
 	  $(BIN)/spambench sweep --task $$task --opt $$opts --seeds $(LEADERBOARD_SEEDS) --scale tiny $(OUT_FLAG) $(LEADERBOARD_SWEEP_ARGS) || status=1; \

@@ -1,8 +1,10 @@
 """`spambench report`: the results store -> `<out>/report/`.
 
 Writes results.parquet (long format, every complete run that passes the filters), summary.md (the
-plain per-settings table), leaderboard.md, the figures (*.png) and leaderboard.html (the same
-content with the figures embedded). Reads only complete runs; writes nothing outside `<out>/report`.
+plain per-settings table), leaderboard.md, leaderboard.csv and leaderboard.parquet (the leaderboard's
+entries, for scripts: LEADERBOARD_COLUMNS), the figures (*.png, each with an *.svg beside it) and
+leaderboard.html (the same content with the PNGs embedded). Reads only complete runs; writes nothing
+outside `<out>/report`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,38 @@ from spam_bench.reports import html, leaderboard
 from spam_bench.reports.summary import current_code, load_runs, mixed_code, select, summary_table, to_markdown
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.results import RunStore
+
+# leaderboard.csv / leaderboard.parquet: one row per task, scale, problem (task settings), optimizer and
+# recipe (lr and opt.* values), as `leaderboard.entries` computes them: the primary metric's mean and
+# 95% bootstrap CI over `n` complete seeds, diverged seeds, rank within the problem (1 = best; ties
+# share), best, speed and optimizer-state bytes. Missing values are empty (CSV) or null (Parquet).
+LEADERBOARD_COLUMNS = [
+    "task",
+    "scale",
+    "problem",
+    "optimizer",
+    "recipe",
+    "metric",
+    "direction",
+    "mean",
+    "ci_lo",
+    "ci_hi",
+    "n",
+    "diverged",
+    "rank",
+    "best",
+    "steps_per_s",
+    "state_bytes",
+    "grad_clip",
+]
+
+
+def _write_entries(table: pd.DataFrame, report_dir: Path) -> None:
+    """The leaderboard's entries as CSV and Parquet, the same columns in both, for scripts and notebooks."""
+    rows = table.reindex(columns=LEADERBOARD_COLUMNS)
+    rows = rows.assign(grad_clip=pd.to_numeric(rows["grad_clip"], errors="coerce"))  # None -> NaN: one dtype
+    rows.to_csv(report_dir / "leaderboard.csv", index=False)
+    rows.to_parquet(report_dir / "leaderboard.parquet", index=False)
 
 
 def _split_inapplicable(runs: pd.DataFrame, long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -65,20 +99,26 @@ def write_leaderboard(
     runs, long, inapplicable = _split_inapplicable(runs, long)
     report_dir = out_root / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    for stale in report_dir.glob("*.png"):  # figures of problems that are filtered out now must not linger
-        stale.unlink()
+    for pattern in ("*.png", "*.svg"):  # figures of problems that are filtered out now must not linger
+        for stale in report_dir.glob(pattern):
+            stale.unlink()
     long.to_parquet(report_dir / "results.parquet", index=False)
     (report_dir / "summary.md").write_text(to_markdown(summary_table(runs)))
+    table = leaderboard.entries(runs) if not runs.empty else pd.DataFrame()
+    _write_entries(table, report_dir)
 
     images: set[str] = set()
     if plots and not runs.empty:
-        from spam_bench.reports import plots as figures  # matplotlib only when drawing
+        import matplotlib
 
-        table = leaderboard.entries(runs)
+        from spam_bench.reports import plots as figures  # matplotlib only when drawing
         from spam_bench.reports import spikes
 
         images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
-        images |= spikes.plot_traces(long, runs, report_dir)
+        # The gradient-norm traces label raw optimizer names: read no `$` in them as mathtext
+        # (rcParam text.parse_math, https://matplotlib.org/stable/users/explain/customizing.html).
+        with matplotlib.rc_context({"text.parse_math": False}):
+            images |= spikes.plot_traces(long, runs, report_dir)
     filters = ", ".join(
         [f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
         + ([code_note] if code_note else [])

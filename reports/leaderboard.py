@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from spam_bench.reports import paper, spikes, stats
-from spam_bench.reports.blocks import Block, Table, fmt, fmt_bytes
+from spam_bench.reports import paper, robust_section, spikes, stats
+from spam_bench.reports.blocks import Block, Table, fmt, fmt_bytes, md_cell, md_text
+from spam_bench.reports.summary import MALFORMED_ATTR
 
 BASELINE = "adamw"
 PROFILE_TAUS = (1.0, 1.01, 1.05, 1.1, 1.25, 1.5, 2.0)
@@ -248,16 +249,31 @@ def _inapplicable_text(refused: pd.DataFrame) -> str:
 
 
 def build(
-    runs: pd.DataFrame, filters: str = "", images: set[str] | None = None, inapplicable: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    filters: str = "",
+    images: set[str] | None = None,
+    inapplicable: pd.DataFrame | None = None,
+    malformed: int | None = None,
 ) -> list[Block]:
     """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked);
-    `inapplicable` holds the runs an optimizer refused (status not_applicable), named per task."""
+    `inapplicable` holds the runs an optimizer refused (status not_applicable), named per task;
+    `malformed` counts the run folders `summary.load_runs` skipped (default: what it recorded in
+    `runs.attrs`), said in the header so that a reader knows the tables are missing runs."""
     images = images if images is not None else set()
     inapplicable = inapplicable if inapplicable is not None else pd.DataFrame(columns=["task"])
+    malformed = int(runs.attrs.get(MALFORMED_ATTR, 0)) if malformed is None else malformed
+    skipped = (
+        f" {malformed} malformed run folder{'s' if malformed != 1 else ''} skipped (named on stderr)."
+        if malformed
+        else ""
+    )
     blocks = [Block("h1", "spam-bench leaderboard")]
     if runs.empty:
-        blocks.append(Block("p", f"No complete runs{' match ' + filters if filters else ''}: try `make bench`."))
-        return blocks + [Block("p", f"{task}: {_inapplicable_text(g)}") for task, g in inapplicable.groupby("task")]
+        blocks.append(
+            Block("p", f"No complete runs{' match ' + filters if filters else ''}: try `make bench`.{skipped}")
+        )
+        by_task = inapplicable.groupby("task") if "task" in inapplicable else []
+        return blocks + [Block("p", f"{task}: {_inapplicable_text(g)}") for task, g in by_task]
     table = entries(runs)
     n_div = int((runs.status == "diverged").sum())
     run_time = pd.to_numeric(runs.wall_time_s, errors="coerce").sum()
@@ -269,7 +285,8 @@ def build(
             f"wall-clock times added up)"
             + (f"; filters: {filters}" if filters else "")
             + "."
-            + (f" {len(inapplicable)} runs were not applicable (named per task)." if len(inapplicable) else ""),
+            + (f" {len(inapplicable)} runs were not applicable (named per task)." if len(inapplicable) else "")
+            + skipped,
         )
     )
     blocks += [b for b in _across_blocks(across(table)) if b.kind != "img" or b.text in images]
@@ -286,6 +303,7 @@ def build(
     for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
         blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
 
+    blocks += robust_section.blocks(runs)
     blocks += spikes.blocks(runs, images)
     blocks += [Block("h2", "Method"), Block("p", method_note())]
     return blocks
@@ -295,16 +313,16 @@ def to_markdown(blocks: list[Block]) -> str:
     lines: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            lines += ["#" * int(b.kind[1]) + " " + b.text, ""]
+            lines += ["#" * int(b.kind[1]) + " " + md_text(b.text), ""]
         elif b.kind == "p":
-            lines += [b.text, ""]
+            lines += [md_text(b.text), ""]
         elif b.kind == "img":
             lines += [f"![{b.text}]({b.text})", ""]
         elif b.kind == "table":
             t = b.table
-            lines += ["| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+            lines += ["| " + " | ".join(md_cell(c) for c in t.header) + " |", "|" + "---|" * len(t.header)]
             for i, row in enumerate(t.rows):
-                cells = [f"**{c}**" if i in t.highlight and c not in ("", "–") else c for c in row]
+                cells = [f"**{md_cell(c)}**" if i in t.highlight and c not in ("", "–") else md_cell(c) for c in row]
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)

@@ -1,6 +1,10 @@
-"""The leaderboard's figures (matplotlib, Agg, PNG): curves with confidence bands per problem, final-metric
+"""The leaderboard's figures (matplotlib, Agg): curves with confidence bands per problem, final-metric
 distributions per optimizer, and the performance profile. Never shows a window; writes only into the
-folder it is given and returns the file names it wrote.
+folder it is given and returns the file names it wrote (the PNGs, which the HTML page embeds); each
+figure is also written as an SVG beside its PNG, for papers and slides.
+
+Names come from users (a registered optimizer may be called `my$opt`), and matplotlib reads text
+between two `$` as mathtext: every name is escaped before it reaches a label (`mathtext_safe`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,27 @@ def palette(optimizers: list[str]) -> dict[str, str]:
     return {o: cycle[i % len(cycle)] for i, o in enumerate(sorted(optimizers))}
 
 
+def mathtext_safe(text: object) -> str:
+    """`text` shown literally: matplotlib parses text between two unescaped `$` as mathtext (which
+    fails on most names), and renders an escaped `\\$` as a plain dollar sign
+    (https://matplotlib.org/stable/users/explain/text/mathtext.html)."""
+    return str(text).replace("$", r"\$")
+
+
 def _entry_label(optimizer: str, recipe: str) -> str:
-    return optimizer if recipe == "defaults" else f"{optimizer} ({recipe})"
+    return mathtext_safe(optimizer if recipe == "defaults" else f"{optimizer} ({recipe})")
+
+
+def _problem_title(e: pd.Series) -> str:
+    return mathtext_safe(problem_label(e["task"], e["scale"], e["problem"]))
+
+
+def save(fig: plt.Figure, out: Path, name: str) -> str:
+    """Write `name` (a .png, what the HTML embeds) and the same figure as .svg beside it; returns `name`."""
+    fig.savefig(out / name, dpi=DPI)
+    fig.savefig((out / name).with_suffix(".svg"))
+    plt.close(fig)
+    return name
 
 
 def _binned(curves: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -86,14 +109,11 @@ def curves(long: pd.DataFrame, entries: pd.DataFrame, colors: dict[str, str], ou
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: mean over complete seeds, 95% bootstrap band",
+        f"{_problem_title(e0)}: mean over complete seeds, 95% bootstrap band",
         fontsize=10,
     )
     fig.tight_layout()
-    name = f"curves-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return save(fig, out, f"curves-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png")
 
 
 def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
@@ -120,16 +140,13 @@ def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
     )
     better = "lower" if e0["direction"] == "min" else "higher"
     ax.set(
-        ylabel=f"{e0['metric']} ({better} is better)",
-        title=f"{problem_label(e0['task'], e0['scale'], e0['problem'])}: final values (x = diverged)",
+        ylabel=f"{mathtext_safe(e0['metric'])} ({better} is better)",
+        title=f"{_problem_title(e0)}: final values (x = diverged)",
     )
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    name = f"final-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png"
-    fig.savefig(out / name, dpi=DPI)
-    plt.close(fig)
-    return name
+    return save(fig, out, f"final-{problem_slug(e0['task'], e0['scale'], e0['problem'])}.png")
 
 
 def profile(a: Across, colors: dict[str, str], out: Path) -> str:
@@ -141,7 +158,7 @@ def profile(a: Across, colors: dict[str, str], out: Path) -> str:
             where="post",
             color=colors[o],
             lw=1.6,
-            label=f"{o} (score {stats.profile_score(a.profile[o]):.2f})",
+            label=f"{mathtext_safe(o)} (score {stats.profile_score(a.profile[o]):.2f})",
         )
     ax.set(
         xlabel="τ (ratio to the best entry on a problem)",
@@ -152,9 +169,7 @@ def profile(a: Across, colors: dict[str, str], out: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "profile.png", dpi=DPI)
-    plt.close(fig)
-    return "profile.png"
+    return save(fig, out, "profile.png")
 
 
 def write_all(long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, a: Across, out: Path) -> set[str]:

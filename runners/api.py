@@ -26,13 +26,15 @@ import torch
 
 from spam_bench.reports.leaderboard import entries
 from spam_bench.reports.summary import load_runs
+from spam_bench.suite.config_file import use_scale
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.lifecycle import execute
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.paths import out_root
-from spam_bench.suite.registry import OPTIMIZERS, OptimizerSpec
+from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
 from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import METRICS, RunStore
+from spam_bench.suite.tracking import DEFAULT_EVERY, TrackSettings, parse_every, parse_trackers, tracked_recorder
 
 OptimizerLike = str | OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer]
 
@@ -164,20 +166,31 @@ def run(
     out: str | Path | None = None,
     device: str = "cpu",
     force: bool = False,
+    track: str | Sequence[str] | None = None,
+    track_every: int = DEFAULT_EVERY,
 ) -> RunResult:
     """Run (or resume, or reuse) one task on one optimizer; the same as `spambench run`.
 
     `overrides` are `--set` values: task fields (`steps`, `lr`, ...) and optimizer hyperparameters
     as `opt.<name>`. `optimizer_kwargs` are a class's or factory's keyword arguments; they become its
-    hyperparameters, so they are part of the run's identity like any `opt.*` value.
+    hyperparameters, so they are part of the run's identity like any `opt.*` value. `scale` is a scale
+    name or a path to your own scale .yaml (recorded as its stem plus a hash of its values).
+
+    `track` also reports the run to experiment trackers ("tensorboard", "wandb", "mlflow", or several),
+    as `spambench run --track` does; `track_every` is the rate of per-step records. Neither is part of
+    the run's identity: tracking never changes the run_id or the numbers. A run that is reused (already
+    complete) is not sent again.
     """
     name = _name_of(optimizer, optimizer_kwargs)
+    trackers, every = parse_trackers(track), parse_every(track_every)  # bad names fail before anything runs
     sets = dict(overrides or {})
     for key, value in (optimizer_kwargs or {}).items():
         sets.setdefault(f"opt.{key}", value)
+    scale = use_scale(TASKS.get(task), scale)
     resolved = resolve(task=task, optimizer=name, seed=seed, scale=scale, sets=sets, device=device)
     store = RunStore(out_root(None if out is None else str(out)))
-    summary, run_dir, reused = execute(resolved, store, force=force)
+    recorder_cls = tracked_recorder(TrackSettings(trackers, group=task, every=every))
+    summary, run_dir, reused = execute(resolved, store, force=force, recorder_cls=recorder_cls)
     return RunResult(
         task=task,
         optimizer=name,
@@ -201,15 +214,29 @@ def compare(
     overrides: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
     device: str = "cpu",
+    track: str | Sequence[str] | None = None,
+    track_every: int = DEFAULT_EVERY,
 ) -> pd.DataFrame:
     """Run every optimizer on every seed here, one after another, and return the leaderboard table.
 
     One row per optimizer (and recipe): mean and 95% bootstrap CI of the primary metric over the
     seeds, seeds, diverged runs, speed, optimizer-state bytes and rank, exactly as `spambench report`
-    computes them. Runs already complete with the current code are reused.
+    computes them. Runs already complete with the current code are reused. `track` and `track_every`
+    are `run`'s, for every run (grouped under the task in each tracker).
     """
+    parse_trackers(track)  # a bad tracker name fails before the first run, not after it
     results = [
-        run(task, opt, seed=s, scale=scale, overrides=overrides, out=out, device=device)
+        run(
+            task,
+            opt,
+            seed=s,
+            scale=scale,
+            overrides=overrides,
+            out=out,
+            device=device,
+            track=track,
+            track_every=track_every,
+        )
         for opt in optimizers
         for s in seeds
     ]

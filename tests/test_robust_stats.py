@@ -57,3 +57,33 @@ def test_power_matches_the_noncentral_t_and_seeds_needed_is_the_first_to_reach_i
     assert n is not None and paired_t_power(n, 1 / np.std(diffs, ddof=1)) >= 0.8
     assert paired_t_power(n - 1, 1 / np.std(diffs, ddof=1)) < 0.8
     assert seeds_needed([0.0, 0.0, 0.0]) is None and seeds_needed([1.0, 1.0]) == 2
+
+
+def test_the_report_section_says_when_the_data_cannot_separate_an_optimizer_from_adamw():
+    import pandas as pd
+
+    from spam_bench.reports import robust_section
+    from spam_bench.reports.leaderboard import to_markdown
+
+    def runs(values: dict[str, list[float]]) -> pd.DataFrame:
+        rows = [
+            {
+                "task": "t",
+                "scale": "tiny",
+                "problem": "defaults",
+                "recipe": "defaults",
+                "optimizer": opt,
+                "seed": s,
+                "status": "complete",
+                "value": v,
+                "direction": "min",
+            }
+            for opt, vs in values.items()
+            for s, v in enumerate(vs)
+        ]
+        return pd.DataFrame(rows)
+
+    clear = to_markdown(robust_section.blocks(runs({"adamw": [1.0, 1.01, 0.99], "fast": [0.5, 0.51, 0.49]})))
+    assert "| fast | 1 | 3 |" in clear and "| better |" in clear
+    mixed = to_markdown(robust_section.blocks(runs({"adamw": [1.0, 1.2, 0.8], "noisy": [0.9, 1.3, 0.85]})))
+    assert "cannot tell from AdamW" in mixed

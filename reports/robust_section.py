@@ -1,0 +1,138 @@
+"""The report's robust aggregates across tasks (rliable's toolkit; reports/robust_stats.py).
+
+Scores are relative to AdamW on the same problem, so that tasks with different metrics pool:
+score = (AdamW's mean - value) / |AdamW's mean| where lower is better, and (value - AdamW's mean) /
+|AdamW's mean| where higher is better; 0 is "as good as AdamW", 0.05 is "5% better". A diverged run
+scores -1 (it lost everything it had). Only runs at each optimizer's defaults enter (one protocol,
+never mixed with tuned or hand-picked settings), and only problems where AdamW has a finite mean.
+
+For each optimizer: the IQM of its scores with a stratified bootstrap CI (strata: problems), and the
+probability that one of its runs beats one of AdamW's, with its CI. Per problem and optimizer: the
+number of shared seeds a paired t-test would need to resolve the observed difference from AdamW at
+80% power; a CI that contains 0 (or a P(improvement) CI that contains 0.5) means the data cannot
+tell the two apart, and the table says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from spam_bench.reports import robust_stats
+from spam_bench.reports.blocks import Block, Table, fmt
+
+BASELINE = "adamw"
+PROBLEM = ["task", "scale", "problem"]
+DIVERGED_SCORE = -1.0
+
+
+def _scores(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its problem, optimizer, seed and score relative to AdamW's mean on that problem."""
+    runs = runs[runs.recipe == "defaults"]
+    rows = []
+    for key, g in runs.groupby(PROBLEM, sort=True):
+        base = g[(g.optimizer == BASELINE) & (g.status == "complete")]["value"].astype(float)
+        mean = float(base.mean()) if len(base) else math.nan
+        if not math.isfinite(mean) or mean == 0:
+            continue
+        flip = 1.0 if g.direction.iloc[0] == "min" else -1.0
+        for r in g.itertuples():
+            value = float(r.value) if r.value is not None and r.status == "complete" else math.nan
+            score = flip * (mean - value) / abs(mean) if math.isfinite(value) else DIVERGED_SCORE
+            rows.append(
+                {
+                    "problem": " · ".join(map(str, key)),
+                    "optimizer": r.optimizer,
+                    "seed": r.seed,
+                    "score": score,
+                    "value": value,
+                }
+            )
+    return pd.DataFrame(rows, columns=["problem", "optimizer", "seed", "score", "value"])
+
+
+def _by_problem(scores: pd.DataFrame, optimizer: str) -> dict[str, list[float]]:
+    sel = scores[scores.optimizer == optimizer]
+    return {p: list(g.score) for p, g in sel.groupby("problem")}
+
+
+def _interval(lo: float, hi: float) -> str:
+    return "–" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+def _seeds_needed(scores: pd.DataFrame, optimizer: str) -> list[list[str]]:
+    rows = []
+    for problem, g in scores.groupby("problem", sort=True):
+        mine = g[g.optimizer == optimizer].set_index("seed").score
+        base = g[g.optimizer == BASELINE].set_index("seed").score
+        shared = sorted(set(mine.index) & set(base.index))
+        if optimizer == BASELINE or len(shared) < 2:
+            continue
+        diffs = (mine.loc[shared] - base.loc[shared]).to_numpy()
+        n = robust_stats.seeds_needed(diffs)
+        needed = "no difference seen" if n is None and not np.any(diffs) else ("> 10,000" if n is None else str(n))
+        rows.append([problem, optimizer, str(len(shared)), fmt(float(np.mean(diffs)), 3), needed])
+    return rows
+
+
+def blocks(runs: pd.DataFrame) -> list[Block]:
+    """The section, or nothing when no problem has an AdamW baseline at defaults."""
+    scores = _scores(runs)
+    if scores.empty or BASELINE not in set(scores.optimizer):
+        return []
+    base = _by_problem(scores, BASELINE)
+    rows, seed_rows = [], []
+    for optimizer in sorted(set(scores.optimizer) - {BASELINE}):
+        mine = _by_problem(scores, optimizer)
+        shared = {p: v for p, v in mine.items() if p in base}
+        if not shared:
+            continue
+        point, lo, hi = robust_stats.stratified_bootstrap_ci(shared)
+        poi, plo, phi = robust_stats.probability_of_improvement(shared, {p: base[p] for p in shared})
+        unresolved = (lo <= 0 <= hi) or (plo <= 0.5 <= phi)
+        rows.append(
+            [
+                optimizer,
+                str(len(shared)),
+                str(sum(len(v) for v in shared.values())),
+                fmt(point, 3),
+                _interval(lo, hi),
+                fmt(poi, 3),
+                _interval(plo, phi),
+                "cannot tell from AdamW" if unresolved else ("better" if point > 0 else "worse"),
+            ]
+        )
+        seed_rows += _seeds_needed(scores, optimizer)
+    if not rows:
+        return []
+    out = [
+        Block("h2", "Robust aggregates across tasks (vs AdamW, defaults only)"),
+        Block(
+            "p",
+            "Score = improvement over AdamW's mean on the same problem (0.05 = 5% better; a "
+            "diverged run scores -1). IQM and its 95% stratified bootstrap CI over all runs, and "
+            "P(a run beats one of AdamW's) with its CI (Agarwal et al. 2021). Where a CI contains "
+            "0 (or 0.5), the data cannot separate the optimizer from AdamW.",
+        ),
+        Block(
+            "table",
+            table=Table(
+                ["optimizer", "problems", "runs", "IQM score", "95% CI", "P(better)", "95% CI", "verdict"], rows
+            ),
+        ),
+    ]
+    if seed_rows:
+        out += [
+            Block(
+                "p",
+                "Shared seeds a paired t-test needs to resolve the observed mean score difference "
+                "from AdamW at 80% power (alpha 0.05), per problem:",
+            ),
+            Block(
+                "table",
+                table=Table(["problem", "optimizer", "shared seeds", "mean difference", "seeds needed"], seed_rows),
+            ),
+        ]
+    return out
