@@ -14,6 +14,11 @@ EXTRAS ?= rl,tsf,ray,zoo,report,vision,track,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.spam-bench-installed
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha256sum | cut -c1-12)
+# torch's own dependencies come from the default index (only the torch wheel from TORCH_SPEC's index):
+# the requirements the installed wheel declares, with their markers evaluated here.
+TORCH_DEPS := import importlib.metadata as m; from pip._vendor.packaging.requirements import Requirement as R; \
+  rs = [R(s) for s in m.requires("torch") or []]; \
+  print(" ".join(f"{r.name}{r.specifier}" for r in rs if r.marker is None or r.marker.evaluate({"extra": ""})))
 
 TASK ?= llm
 OPT ?= adamw
@@ -47,7 +52,7 @@ $(TORCH_STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -c constraints.txt $$($(BIN)/python -c '$(TORCH_DEPS)')
 	@rm -f $(VENV)/.torch-* && touch $@
 
 $(STAMP): pyproject.toml constraints.txt $(TORCH_STAMP)
