@@ -270,6 +270,7 @@ def not_ray():
         yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
+@pytest.mark.slow  # waits out the bounded probe on purpose
 def test_an_address_that_answers_tcp_but_is_not_ray_fails_within_bounded_time(not_ray, tmp_path):
     out = tmp_path / "out"
     start = time.monotonic()

@@ -72,9 +72,12 @@ KERNELS = [
     ),
     pytest.param(
         "compiled",
-        marks=pytest.mark.skipif(
-            shutil.which("g++") is None and shutil.which("cc") is None, reason="torch.compile needs a C++ compiler"
-        ),
+        marks=[
+            pytest.mark.skipif(
+                shutil.which("g++") is None and shutil.which("cc") is None, reason="torch.compile needs a C++ compiler"
+            ),
+            pytest.mark.slow,  # torch.compile's one-off compile: seconds per case
+        ],
     ),
 ]
 
