@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from spam_bench.suite.context import RunContext
-from spam_bench.suite.contract import TaskResult
 from spam_bench.suite.environment import describe
 from spam_bench.suite.errors import NOT_APPLICABLE, ConfigError, NotApplicable
 from spam_bench.suite.identity import changed_parts
@@ -162,4 +161,4 @@ def _run(
         recorder.close()
 
 
-__all__ = ["TaskResult", "execute"]
+__all__ = ["execute"]
