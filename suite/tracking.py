@@ -233,6 +233,23 @@ class TrackerSink:
         process whose run never finished."""
 
 
+def _wait_past_event_files(log_dir: Path) -> None:
+    """Wait (at most about a second) until the clock has passed the newest event file's second.
+
+    TensorBoard reads a folder's event files in name order, and the name is
+    `events.out.tfevents.<unix second>.<host>.<pid>.<n>`: a resumed process that starts within the
+    same second as the killed one's file would sort before it whenever its pid is smaller, and its
+    purge would then hide its own steps instead of the killed process's."""
+    newest = -1
+    for path in log_dir.glob("events.out.tfevents.*"):
+        stamp = path.name.split(".")[3]
+        if stamp.isdigit():
+            newest = max(newest, int(stamp))
+    wait = newest + 1 - time.time()
+    if 0 < wait <= 2:  # a file stamped further ahead (another host's clock) cannot be waited out
+        time.sleep(wait + 0.01)
+
+
 class TensorBoardSink(TrackerSink):
     """Event files in `<run_dir>/tb/`, written by torch's SummaryWriter
     (https://pytorch.org/docs/stable/tensorboard.html)."""
@@ -242,9 +259,11 @@ class TensorBoardSink(TrackerSink):
     def _start(self, step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        log_dir = self.run_dir / "tb"
+        _wait_past_event_files(log_dir)
         # purge_step: a resumed run re-logs the steps after its checkpoint; TensorBoard then hides what
         # the killed process had logged from this step on, instead of drawing both.
-        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=step)
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=step)
 
     def _log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():

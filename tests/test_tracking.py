@@ -347,3 +347,30 @@ def test_report_writes_the_leaderboard_as_csv_and_parquet_and_every_figure_as_sv
     assert {"profile", "curves-llm-tiny", "final-llm-tiny"} <= pngs
     assert pngs <= {p.stem for p in report.glob("*.svg")}
     assert "data:image/png;base64," in (report / "leaderboard.html").read_text()
+
+
+def test_a_resumed_writer_sorts_after_the_killed_processs_file_even_within_one_second(tmp_path):
+    """TensorBoard reads event files in name order (<second>.<host>.<pid>): a resumed process with a
+    smaller pid that starts within the killed one's second must still come after it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    record = {"spec": {"task": "t", "optimizer": "o", "seed": 0, "scale": "s"}}
+    killed = SummaryWriter(log_dir=str(tmp_path / "tb"), purge_step=1)
+    for step in range(1, 31):
+        killed.add_scalar("train/loss", float(step), global_step=step)
+    killed.close()
+    (old,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    parts = old.name.split(".")
+    parts[5] = "99999999"  # the killed process's pid, larger than any this one can have
+    old.rename(old.with_name(".".join(parts)))
+    sink = tracking.TensorBoardSink(tmp_path, record, group="g", every=1)
+    for step in range(21, 41):
+        sink.log(step, "train", {"loss": 100.0 + step})
+    sink.finish({"status": "complete"})
+    names = sorted(p.name for p in (tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == ".".join(parts)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert got == [(s, float(s)) for s in range(1, 21)] + [(s, 100.0 + s) for s in range(21, 41)]
