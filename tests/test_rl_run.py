@@ -110,7 +110,11 @@ SAME = (
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("rl") / "out"
-    assert cli(out) == 0
+    sb3_default_logdir = out.parent / "sb3-default-logger"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(sb3_default_logdir))  # where SB3's default logger would write
+        assert cli(out) == 0
+    assert not sb3_default_logdir.exists(), "SB3's default logger ran (it leaves a folder per run)"
     return only_run_dir(out)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from mujoco.introspect import mjxmacro
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -192,6 +193,9 @@ class Trainer:
             device=ctx.spec.device,
             verbose=0,
         )
+        # A logger with no outputs: SB3's default one makes an empty /tmp/SB3-<time> folder per run;
+        # the run's metrics come from name_to_value and go to the suite's recorder.
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
         # SB3 calls optimizer.step() itself: the run's instruments and clip rule go in as step hooks.
         self.optimizer = ctx.build_optimizer(
             self.model.policy, policy_model_info(self.model.policy), lr=c.lr, step_hooks=True
