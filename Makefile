@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report leaderboard perf perf-ray test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep report leaderboard perf perf-ray gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -93,6 +93,14 @@ leaderboard: $(STAMP)
 
 perf: $(STAMP)
 	$(BIN)/spambench perf
+
+# One prepared check of the CUDA paths (docs/gpu.md), under 8 min on one H100/H200: the CUDA tests,
+# `spambench perf --device cuda`, 200 steps of paper-60m on generated C4-format data (tokens/s, MFU).
+# Results in OUT (default out/gpu-check): gpu_check.json, gpu_check.log. DRY_RUN=1: the same on the CPU at
+# tiny sizes. No $(STAMP): it never installs anything (a GPU machine needs `make setup TORCH_SPEC=...` first).
+DRY_RUN ?=
+gpu-check:
+	$(BIN)/python -m spam_bench.runners.gpu_check --out $(if $(OUT),$(OUT),out/gpu-check) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run,)
 
 # Ray Tune's overhead over the local runner (8 tiny trials).
 perf-ray: $(STAMP)

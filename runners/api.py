@@ -168,6 +168,7 @@ def run(
     force: bool = False,
     track: str | Sequence[str] | None = None,
     track_every: int = DEFAULT_EVERY,
+    keep_checkpoint: bool = False,
 ) -> RunResult:
     """Run (or resume, or reuse) one task on one optimizer; the same as `spambench run`.
 
@@ -179,7 +180,8 @@ def run(
     `track` also reports the run to experiment trackers ("tensorboard", "wandb", "mlflow", or several),
     as `spambench run --track` does; `track_every` is the rate of per-step records. Neither is part of
     the run's identity: tracking never changes the run_id or the numbers. A run that is reused (already
-    complete) is not sent again.
+    complete) is not sent again. `keep_checkpoint` keeps a completed run's last checkpoint (it is
+    deleted by default: only an interrupted run needs it).
     """
     name = _name_of(optimizer, optimizer_kwargs)
     trackers, every = parse_trackers(track), parse_every(track_every)  # bad names fail before anything runs
@@ -190,7 +192,9 @@ def run(
     resolved = resolve(task=task, optimizer=name, seed=seed, scale=scale, sets=sets, device=device)
     store = RunStore(out_root(None if out is None else str(out)))
     recorder_cls = tracked_recorder(TrackSettings(trackers, group=task, every=every))
-    summary, run_dir, reused = execute(resolved, store, force=force, recorder_cls=recorder_cls)
+    summary, run_dir, reused = execute(
+        resolved, store, force=force, recorder_cls=recorder_cls, keep_checkpoint=keep_checkpoint
+    )
     return RunResult(
         task=task,
         optimizer=name,

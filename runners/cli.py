@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     run.add_argument("--force", action="store_true", help="discard an existing run folder and start over")
+    run.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep a completed run's last checkpoint (default: deleted once the summary is written), to train it on later",
+    )
     _file_flags(run)
 
     sw = sub.add_parser("sweep", help="optimizers x seeds x grid on Ray Tune (embedded, or a cluster with --address)")
@@ -106,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "--from-tuning", action="store_true", help="use each optimizer's best configuration from `spambench tune`"
     )
     _ray_flags(sw)
+    sw.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
     _file_flags(sw)
 
     tn = sub.add_parser(
@@ -138,7 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
     lst.add_argument("--json", action="store_true", help="machine-readable: one JSON object on stdout")
 
-    perf = sub.add_parser("perf", help="optimizer step time and state memory on LLaMA-60M shapes", add_help=False)
+    perf = sub.add_parser(
+        "perf",
+        help="optimizer step time and state memory on LLaMA-60M shapes (--device cuda: fused AdamW vs SPAM on GPU)",
+        add_help=False,
+    )
     perf.add_argument("perf_args", nargs=argparse.REMAINDER)
 
     check = sub.add_parser(
@@ -172,7 +182,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = RunStore(out_root(args.out))
     recorder_cls = tracked_recorder(TrackSettings(track, group=args.task, every=every))
     try:
-        summary, run_dir, cached = execute(run, store, force=args.force, recorder_cls=recorder_cls)
+        summary, run_dir, cached = execute(
+            run, store, force=args.force, recorder_cls=recorder_cls, keep_checkpoint=args.keep_checkpoint
+        )
     except KeyboardInterrupt:
         saved = (store.run_dir(run.spec.task, run.spec.run_id) / "checkpoint.pt").exists()
         where = "from its checkpoint" if saved else "(no checkpoint yet: it starts over)"
@@ -272,6 +284,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     options = _ray_options(args, out, sweep_name(runs))
     options.track, options.track_every = track, every
+    options.keep_checkpoint = args.keep_checkpoint
     store = RunStore(out)
     pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
@@ -406,6 +419,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
+    if any(a == "--device" or a.startswith("--device=") for a in args.perf_args):
+        from spam_bench.runners import device_perf  # CUDA timing on the llm task's paper shapes
+
+        return int(device_perf.main(args.perf_args))
     from spam_bench.optimizers import perf
 
     return int(perf.main(args.perf_args) or 0)

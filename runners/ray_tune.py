@@ -42,6 +42,7 @@ class SweepOptions:
     # sweep's name, so a sweep is one group in each tool. Not part of any run's identity.
     track: tuple[str, ...] = ()
     track_every: int = DEFAULT_EVERY
+    keep_checkpoint: bool = False  # keep each completed run's last checkpoint (suite/lifecycle.py)
 
 
 # How long a Ray GCS may take to answer one call before the address is refused. A port that accepts
@@ -249,7 +250,7 @@ def _trial(config: dict[str, Any]) -> None:
     recorder_cls: type[RunRecorder] = TuneRecorder
     if config.get("track"):
         recorder_cls = tracked_recorder(TrackSettings.from_dict(config["track"]), TuneRecorder)
-    summary, _, _ = execute(run, store, recorder_cls=recorder_cls)
+    summary, _, _ = execute(run, store, recorder_cls=recorder_cls, keep_checkpoint=bool(config.get("keep_checkpoint")))
     value = summary.get("value")
     tune.report(
         {
@@ -405,6 +406,7 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
                     # a scale file exists on the driver's disk only: its values travel with the trial
                     "scales": {k: v for k, v in user_scales(r.task).items() if k == r.spec.scale},
                     "track": track.as_dict() if track.names else None,
+                    "keep_checkpoint": options.keep_checkpoint,
                 }
                 for r in runs
             ]

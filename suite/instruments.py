@@ -35,12 +35,12 @@ from spam_bench.suite.spikes import (
     LossSpikeDetector,
     RecoveryTracker,
     SpikeInjector,
-    gss_spike_counts,
 )
+from spam_bench.suite.step_log import SPLIT as STEP_SPLIT
 from spam_bench.suite.telemetry import grad_global_norm
 
 Log = Callable[[int, str, dict[str, float]], None]
-SPLIT = "optim"
+SPLIT = STEP_SPLIT  # stored apart from metrics.jsonl, compactly (suite/step_log.py)
 # Event counters every summary carries, zero when nothing happened.
 EVENTS = ("injected", "loss_spikes")
 
@@ -207,10 +207,9 @@ class Instruments:
             "gss_spikes": {},
         }
         if self.telemetry:
-            trace = self.telemetry.trace()
-            self.telemetry.save(run_dir)
-            if len(trace):
-                out["gss_spikes"] = gss_spike_counts(trace, self.telemetry.column_roles())
+            record = self.telemetry.save(run_dir)
+            if record.rows:
+                out["gss_spikes"] = record.spike_counts(self.telemetry.column_roles())
         recovery = self.recovery.summary()
         out.update(
             spikes_unrecovered=recovery["spikes_unrecovered"] if self.injector else None,

@@ -7,6 +7,8 @@
 3. The summary is assembled here, in one place, from the spec, the task's result, the context's
    measurements (clip rule, optimizer state, telemetry), the code fingerprint and the environment,
    and written last, atomically: its presence is what makes the run complete.
+4. A complete run's checkpoint (and the raw records it points into) is deleted unless
+   `keep_checkpoint`: only an interrupted run needs it, and it is most of a run folder's size.
 
 Everything that writes the run folder (setting it aside, discarding it for --force, resuming, the
 summary) happens while this process holds the run's lock (suite/lock.py): a second process on the
@@ -37,6 +39,11 @@ from spam_bench.suite.results import (
     read_json,
     remove_stale_temp_files,
 )
+from spam_bench.suite.spikes import SAMPLES_RAW
+from spam_bench.suite.step_log import RAW as STEP_LOG_RAW
+
+# What only resuming a run needs: the checkpoint, and the raw records whose length it holds.
+RESUME_ONLY = (CHECKPOINT, STEP_LOG_RAW, SAMPLES_RAW)
 
 
 def _say(line: str) -> None:
@@ -83,12 +90,15 @@ def execute(
     recorder_cls: type[RunRecorder] = RunRecorder,
     say: Callable[[str], None] = _say,
     wait: float | None = None,
+    keep_checkpoint: bool = False,
 ) -> tuple[dict[str, Any], Path, bool]:
     """Run (or resume, or reuse) one spec; returns (summary, run folder, whether it was reused).
 
     `wait`: when another live process is writing this run, None refuses at once (`RunInProgress`, a
     ConfigError: one line naming the holder, exit status 2); a number of seconds waits that long for
     it to finish first (math.inf: as long as it takes), then reuses what it completed.
+    `keep_checkpoint`: keep the last checkpoint of a run that completes (to train it on later);
+    a reused complete run is left as it is.
     """
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
     if not force and RunStore.is_complete(run_dir) and _is_current(run, run_dir):
@@ -107,7 +117,7 @@ def execute(
                 (kept / LOCK).unlink(missing_ok=True)  # our old lock file went along with the folder
             if RunStore.is_complete(run_dir):  # completed by the holder we waited for
                 return read_json(run_dir / SUMMARY), run_dir, True
-        return _run(run, run_dir, recorder_cls, say, lock)
+        return _run(run, run_dir, recorder_cls, say, lock, keep_checkpoint)
 
 
 def _run(
@@ -116,6 +126,7 @@ def _run(
     recorder_cls: type[RunRecorder],
     say: Callable[[str], None],
     lock: RunLock,
+    keep_checkpoint: bool,
 ) -> tuple[dict[str, Any], Path, bool]:
     """Resume or start the run in `run_dir`, whose lock this process holds."""
     recorder = recorder_cls(run_dir, run.record())
@@ -154,7 +165,11 @@ def _run(
             **describe(run.spec.device),
         }
         lock.verify()  # the summary makes the run complete: only its lock holder may write it
-        return recorder.finish(summary), run_dir, False
+        record = recorder.finish(summary)
+        if not keep_checkpoint:  # after the summary: a crash in between leaves a complete run, never a lost one
+            for name in RESUME_ONLY:
+                (run_dir / name).unlink(missing_ok=True)
+        return record, run_dir, False
     finally:
         if ctx is not None:
             ctx.close()

@@ -3,11 +3,14 @@
 Layout: `<out>/runs/<task>/<run_id>/` with
 - `spec.json`      the canonical spec plus the resolved task and optimizer configs;
 - `metrics.jsonl`  one JSON object per line: step, split, name, value, wall (seconds into the run);
+- `steps.parquet`  the instruments' per-optimizer-step telemetry (split "optim"; suite/step_log.py),
+                   kept apart because as JSON lines it was nearly all of a run's bytes;
 - `checkpoint.pt`  the latest checkpoint (model, optimizer, schedule, data position, RNG states);
 - `summary.json`   written last, atomically: its presence is what makes a run complete.
 
-A checkpoint records how long metrics.jsonl was when it was taken; resuming truncates the file
-back to that length, so lines logged after the checkpoint by a killed process are not duplicated.
+A checkpoint records how long metrics.jsonl (and the step log) was when it was taken; resuming
+truncates them back to that length, so lines logged after the checkpoint by a killed process are
+not duplicated.
 
 A store may be shared, copied or planted (docs/architecture.md#trust-boundaries), so a checkpoint
 is data, never code: it holds tensors and plain Python data only (plus numpy arrays of numbers,
@@ -40,6 +43,8 @@ import torch
 from spam_bench.suite.config import json_ready
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.faults import maybe_crash
+from spam_bench.suite.step_log import SPLIT as STEP_SPLIT
+from spam_bench.suite.step_log import StepLog, position_problem, read_steps
 
 SUMMARY, SPEC, METRICS, CHECKPOINT = "summary.json", "spec.json", "metrics.jsonl", "checkpoint.pt"
 
@@ -179,7 +184,7 @@ def _load_failure(err: BaseException, path: Path) -> str:
     return f"truncated or not a checkpoint: {type(err).__name__}{': ' + first[:120] if first else ''}"
 
 
-def _resume_point_problem(state: Any, metrics_size: int) -> str | None:
+def _resume_point_problem(state: Any, metrics_size: int, step_rows: int) -> str | None:
     """Why a loaded checkpoint cannot be resumed from, or None."""
     if not isinstance(state, dict):
         return f"it holds a {type(state).__name__}, not a checkpoint"
@@ -188,7 +193,7 @@ def _resume_point_problem(state: Any, metrics_size: int) -> str | None:
         return f"its metrics position {position!r} is not within metrics.jsonl ({metrics_size} bytes)"
     if not isinstance(wall, int | float) or isinstance(wall, bool) or not math.isfinite(wall) or wall < 0:
         return f"its wall time {wall!r} is not a duration"
-    return None
+    return position_problem(state.get("_steps"), step_rows)
 
 
 class RunStore:
@@ -253,21 +258,26 @@ class RunRecorder:
         self.wall_offset = 0.0  # seconds of earlier (interrupted) attempts, restored from the checkpoint
         self._t0 = time.perf_counter()
         self._metrics = open(self.dir / METRICS, "a+b")  # noqa: SIM115 - held open for the run, closed in finish()/close()
+        self._steps = StepLog(self.dir)
 
     @property
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self._t0
 
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
-        wall = round(self.wall, 4)
-        lines = b"".join(
-            (
-                json.dumps({"step": step, "split": split, "name": k, "value": _finite(float(v)), "wall": wall}) + "\n"
-            ).encode()
-            for k, v in metrics.items()
-        )
-        self._metrics.write(lines)
-        self._metrics.flush()
+        if split == STEP_SPLIT:
+            self._steps.append(step, metrics)
+        else:
+            wall = round(self.wall, 4)
+            lines = b"".join(
+                (
+                    json.dumps({"step": step, "split": split, "name": k, "value": _finite(float(v)), "wall": wall})
+                    + "\n"
+                ).encode()
+                for k, v in metrics.items()
+            )
+            self._metrics.write(lines)
+            self._metrics.flush()
         for sink in list(self.sinks):
             try:
                 sink.log(step, split, metrics)
@@ -289,7 +299,7 @@ class RunRecorder:
         if self.write_guard is not None:
             self.write_guard()
         self._metrics.flush()
-        state = dict(state, _metrics_bytes=self._metrics.tell(), _wall=self.wall)
+        state = dict(state, _metrics_bytes=self._metrics.tell(), _steps=self._steps.position(), _wall=self.wall)
         problem = _not_plain(state)
         if problem is None:
             problem = self._write_checkpoint(state)
@@ -329,7 +339,7 @@ class RunRecorder:
         try:
             with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            reason = _resume_point_problem(state, metrics_size)
+            reason = _resume_point_problem(state, metrics_size, self._steps.size())
         except (OSError, MemoryError):
             raise  # the file could not be read, which says nothing about its content
         except Exception as err:  # whatever a damaged or hostile file makes torch raise
@@ -353,8 +363,10 @@ class RunRecorder:
         if state is None:
             # No checkpoint: nothing logged so far can be trusted to continue from.
             self._metrics.truncate(0)
+            self._steps.restore(None)
             return None
         self._metrics.truncate(state["_metrics_bytes"])
+        self._steps.restore(state["_steps"])
         self._metrics.seek(0, os.SEEK_END)
         self.wall_offset = state["_wall"]
         self._t0 = time.perf_counter()
@@ -363,6 +375,7 @@ class RunRecorder:
     def finish(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         self._metrics.flush()
         self._metrics.close()
+        self._steps.finish()  # before the summary: a complete run has its steps.parquet
         record = dict(summary, wall_time_s=round(self.wall, 3))
         atomic_write_json(self.dir / SUMMARY, record)
         for sink in self.sinks:  # after the summary is safe on disk; their time is not the run's
@@ -377,11 +390,15 @@ class RunRecorder:
     def close(self) -> None:
         if not self._metrics.closed:
             self._metrics.close()
+        self._steps.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every metric record of a run: metrics.jsonl's lines, then the per-step telemetry of a
+    completed run (steps.parquet)."""
     with open(Path(run_dir) / METRICS) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        lines = [json.loads(line) for line in fh if line.strip()]
+    return lines + read_steps(run_dir)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -8,6 +8,13 @@ of the norm to its running (bias-corrected EMA) average; a ratio above `spike_ra
 event. For the paper's GSS (docs/spam.md#gradient-spike-score) it records a fixed, seeded sample of coordinates per
 tensor at every step; `gss()` is computed offline from that record, exactly as defined:
 GSS(g_i) = |g_i| / ((1/(T+1)) * sum_j |g_j|), a spike when GSS > 50.
+
+The whole record is needed only once, at the end of the run (each coordinate's mean |g| over the
+whole run is the GSS denominator). What the run folder keeps (`grad_samples.npz`, `GssRecord`) is
+what answers every later question in a bounded size: the exact per-coordinate mean |g|, every entry
+with GSS above `KEEP_GSS` (so spike counts can be recomputed at any threshold from there up), and an
+evenly thinned trace of at most `TRACE_ROWS` steps for figures. A tiny rl run's full record is about
+60 MB (19,200 steps x 792 coordinates); kept whole, it was most of the store.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import statistics
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +45,9 @@ COARSE_ROLE = {
     "other": "other",
 }
 GSS_THRESHOLD = 50.0
-SAMPLES_FILE, SAMPLES_INDEX, SAMPLES_RAW = "grad_samples.npy", "grad_samples.json", "grad_samples.f32"
+SAMPLES_FILE, SAMPLES_INDEX, SAMPLES_RAW = "grad_samples.npz", "grad_samples.json", "grad_samples.f32"
+KEEP_GSS = 10.0  # entries above this GSS are kept whole: spike counts at any threshold >= it stay exact
+TRACE_ROWS = 512  # the thinned trace kept for figures
 
 
 class GradientTelemetry:
@@ -144,16 +154,75 @@ class GradientTelemetry:
     def column_roles(self) -> list[str]:
         return [role for _, role, _, idx in self.sampled for _ in range(len(idx))]
 
-    def save(self, run_dir: Path) -> None:
-        """The coordinate record (steps x samples) and which tensor/role each column belongs to."""
-        np.save(run_dir / SAMPLES_FILE, self.trace())
+    def save(self, run_dir: Path) -> GssRecord:
+        """Write the bounded record (`GssRecord`) of the full trace, and which tensor/role each column
+        is. The raw record stays until the summary is written (suite/lifecycle.py removes it with the
+        checkpoint, which it belongs to): a crash in between resumes."""
+        record = GssRecord.of(self.trace())
+        record.save(run_dir / SAMPLES_FILE)
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self.samples_path is not None:
-            self.samples_path.unlink(missing_ok=True)
         index = [{"name": n, "role": r, "indices": idx.cpu().tolist()} for n, r, _, idx in self.sampled]
         (run_dir / SAMPLES_INDEX).write_text(json.dumps(index))
+        return record
+
+
+@dataclass(frozen=True)
+class GssRecord:
+    """What a run keeps of its coordinate record: exact GSS statistics in a bounded size."""
+
+    rows: int  # T: steps recorded
+    mean_abs: np.ndarray  # per column: mean |g| over all T steps (float64), the GSS denominator
+    spike_step: np.ndarray  # entries with GSS > KEEP_GSS: step index (0-based row),
+    spike_col: np.ndarray  # column,
+    spike_value: np.ndarray  # and the gradient value g (float32)
+    trace_steps: np.ndarray  # the thinned trace: which rows (at most TRACE_ROWS, evenly spaced),
+    trace: np.ndarray  # and their values (rows x columns, float32)
+
+    @classmethod
+    def of(cls, trace: np.ndarray) -> GssRecord:
+        trace = np.asarray(trace, dtype=np.float32)
+        rows, cols = trace.shape if trace.ndim == 2 else (0, 0)
+        mean_abs = np.abs(trace).mean(axis=0, dtype=np.float64) if rows else np.zeros(cols)
+        step, col = np.nonzero(gss(trace) > KEEP_GSS) if rows else (np.zeros(0, int), np.zeros(0, int))
+        kept = np.unique(np.linspace(0, rows - 1, min(rows, TRACE_ROWS)).round().astype(np.int64)) if rows else []
+        return cls(
+            rows=rows,
+            mean_abs=mean_abs,
+            spike_step=step.astype(np.int32),
+            spike_col=col.astype(np.int32),
+            spike_value=trace[step, col] if rows else np.zeros(0, np.float32),
+            trace_steps=np.asarray(kept, dtype=np.int32),
+            trace=trace[kept] if rows else np.zeros((0, cols), np.float32),
+        )
+
+    def gss_of_spikes(self) -> np.ndarray:
+        """GSS of each kept entry (all of them above KEEP_GSS)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.abs(self.spike_value.astype(np.float64)) / self.mean_abs[self.spike_col]
+
+    def spike_counts(self, column_roles: Iterable[str], threshold: float = GSS_THRESHOLD) -> dict[str, int]:
+        """`gss_spike_counts` of the full trace, for any threshold >= KEEP_GSS."""
+        if threshold < KEEP_GSS:
+            raise ValueError(f"threshold {threshold} is below {KEEP_GSS}, the lowest GSS the record keeps")
+        per_column = np.bincount(self.spike_col[self.gss_of_spikes() > threshold], minlength=len(self.mean_abs))
+        counts: dict[str, int] = {}
+        for role, n in zip(column_roles, per_column):
+            counts[role] = counts.get(role, 0) + int(n)
+        return counts
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, rows=np.int64(self.rows), **{k: getattr(self, k) for k in _ARRAYS})
+
+    @classmethod
+    def load(cls, path: Path) -> GssRecord:
+        """Numbers only: np.load with allow_pickle=False never runs code from a store."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls(rows=int(data["rows"]), **{k: data[k] for k in _ARRAYS})
+
+
+_ARRAYS = ("mean_abs", "spike_step", "spike_col", "spike_value", "trace_steps", "trace")
 
 
 def gss(trace: np.ndarray) -> np.ndarray:

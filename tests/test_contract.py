@@ -84,6 +84,20 @@ def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
+def test_a_complete_run_drops_its_checkpoint_unless_asked_to_keep_it(task, adam_clip_runs, tmp_path):
+    out, summaries = adam_clip_runs
+    run_dir = _run_dir(out, summaries[task])
+    assert (run_dir / "summary.json").exists() and not (run_dir / "checkpoint.pt").exists()
+    if task == "rl":  # the flag is the suite's, the same for every task; rl checkpoints at its end (spikes never does)
+        assert _run(tmp_path, task, "adam_clip", "--keep-checkpoint") == 0
+        kept = _run_dir(tmp_path, _summary(tmp_path, task))
+        again = _summary(tmp_path, task)
+        assert (kept / "checkpoint.pt").exists()
+        assert (again["run_id"], again["value"]) == (summaries[task]["run_id"], summaries[task]["value"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
     out, summaries = adam_clip_runs
     s = summaries[task]

@@ -35,7 +35,8 @@ def _curve(run_dir):
 def test_tiny_run_trains_and_writes_a_complete_run_folder(out_dir, capsys):
     assert _run(out_dir, *small_llm_sets()) == 0
     run_dir = _only_run_dir(out_dir)
-    assert {p.name for p in run_dir.iterdir()} >= {"spec.json", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    assert {p.name for p in run_dir.iterdir()} >= {"spec.json", "metrics.jsonl", "summary.json"}
+    assert not (run_dir / "checkpoint.pt").exists()  # a complete run drops it (--keep-checkpoint keeps it)
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "complete" and summary["steps"] == 30
     assert summary["primary_metric"] == "val_ppl" and summary["direction"] == "min"

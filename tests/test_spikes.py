@@ -9,7 +9,10 @@ from spam_bench.suite.instruments import Instruments
 from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.spike_config import SpikeFields
 from spam_bench.suite.spikes import (
+    KEEP_GSS,
+    TRACE_ROWS,
     GradientTelemetry,
+    GssRecord,
     LossSpikeDetector,
     RecoveryTracker,
     SpikeInjector,
@@ -63,6 +66,23 @@ def test_injection_hits_the_same_steps_and_entries_whatever_the_gradient():
         hits.append([(p.grad.abs() > 1.0).nonzero().tolist() for p in model.parameters()])
     assert hits[0] == hits[1] and any(hits[0])
     assert not injector.apply(next(s for s in range(1, 200) if s not in steps), model.parameters())
+
+
+def test_the_kept_record_counts_spikes_exactly_like_the_full_trace_in_bounded_size(tmp_path):
+    rng = np.random.default_rng(1)
+    trace = rng.standard_normal((5000, 12)).astype(np.float32)
+    trace[rng.integers(0, 5000, 40), rng.integers(0, 12, 40)] *= rng.uniform(5, 400, 40).astype(np.float32)
+    roles = ["norm"] * 4 + ["mlp"] * 4 + ["output"] * 4
+    GssRecord.of(trace).save(tmp_path / "r.npz")
+    record = GssRecord.load(tmp_path / "r.npz")  # numbers only: allow_pickle=False
+    assert record.rows == 5000 and record.trace.shape == (TRACE_ROWS, 12)
+    assert record.trace_steps[0] == 0 and record.trace_steps[-1] == 4999
+    np.testing.assert_array_equal(record.trace, trace[record.trace_steps])
+    for threshold in (KEEP_GSS, 20.0, 50.0, 100.0):
+        assert record.spike_counts(roles, threshold) == gss_spike_counts(trace, roles, threshold)
+    assert sum(record.spike_counts(roles, 50.0).values()) > 0  # the fixture does spike
+    with pytest.raises(ValueError, match="below"):
+        record.spike_counts(roles, KEEP_GSS / 2)
 
 
 def test_telemetry_flags_a_gradient_norm_spike_in_its_role_only():

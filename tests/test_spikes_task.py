@@ -25,7 +25,7 @@ def test_spikes_run_reports_robustness_against_its_clean_twin(out_dir):
     assert s["robustness"] == pytest.approx(s["value"] / s["clean_value"])
     assert s["robustness"] > 1.0  # the injected spikes cost Adam something
     assert sum(s["gss_spikes"].values()) > 0
-    assert (out_dir / "runs" / "spikes" / s["run_id"] / "grad_samples.npy").exists()
+    assert (out_dir / "runs" / "spikes" / s["run_id"] / "grad_samples.npz").exists()
 
 
 def test_without_injection_there_is_no_twin(out_dir):

@@ -74,7 +74,7 @@ def _plant_lock(run_dir: Path, *, pid: int, host: str, age_s: float = 0.0) -> Pa
 def straight(tmp_path_factory) -> Path:
     """One uninterrupted llm smoke run: the numbers every recovered run must reproduce."""
     out = tmp_path_factory.mktemp("straight")
-    assert main([*LLM, "--out", str(out)]) == 0
+    assert main([*LLM, "--out", str(out), "--keep-checkpoint"]) == 0  # what `partial` resumes from
     return _llm_run_dir(out)
 
 

@@ -184,4 +184,4 @@ def test_spike_telemetry_and_injection_reach_the_lightning_optimizer(out_dir):
     (summary_path,) = out_dir.glob("runs/tsf/*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["spikes_injected"] > 0 and summary["gss_spikes"]
-    assert (summary_path.parent / "grad_samples.npy").exists()
+    assert (summary_path.parent / "grad_samples.npz").exists()

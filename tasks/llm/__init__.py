@@ -13,7 +13,7 @@ from spam_bench.suite.context import RunContext
 from spam_bench.suite.contract import TaskResult
 from spam_bench.suite.task_base import TaskBase
 from spam_bench.tasks.llm import corpus
-from spam_bench.tasks.llm.config import LLMConfig
+from spam_bench.tasks.llm.config import LLMConfig, local_tokenizer_file
 
 
 def build_data(config: LLMConfig, seed: int) -> Any:
@@ -30,7 +30,10 @@ def build_data(config: LLMConfig, seed: int) -> Any:
         )
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_pretrained(config.tokenizer)
+    if local_tokenizer_file(config.tokenizer):
+        tok = Tokenizer.from_file(config.tokenizer)
+    else:
+        tok = Tokenizer.from_pretrained(config.tokenizer)
     return C4Data(
         tokenizer=tok,
         seq_len=config.seq_len,

@@ -35,7 +35,7 @@ class LLMConfig(RunFields):
     tokenizer: str = param(
         "bpe",
         "bpe (shakespeare: trained on the tiny corpus) or, with c4, a tokenizers hub name such as t5-base "
-        "(org/name of letters, digits, '.', '_' and '-').",
+        "(org/name of letters, digits, '.', '_' and '-'), or an existing local tokenizers .json file (offline).",
     )
     val_every: int = param(14, "shakespeare: every n-th play is held out for validation.", ge=2)
     # --- optimisation ---
@@ -104,11 +104,14 @@ class LLMConfig(RunFields):
             raise ConfigError(
                 "data_files", self.data_files, "an existing file or folder of C4 JSON lines (None: the hub)"
             )
+        if local_tokenizer_file(self.tokenizer):
+            return
         if self.tokenizer == "bpe" or not _HUB_NAME.fullmatch(self.tokenizer) or ".." in self.tokenizer:
             raise ConfigError(
                 "tokenizer",
                 self.tokenizer,
-                "a tokenizers hub name such as t5-base or org/name (letters, digits, '.', '_', '-') with dataset=c4",
+                "a tokenizers hub name such as t5-base or org/name (letters, digits, '.', '_', '-') with dataset=c4, "
+                "or an existing tokenizers .json file",
             )
 
 
@@ -116,6 +119,13 @@ class LLMConfig(RunFields):
 _HUB_NAME = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/)?[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 )
+
+
+def local_tokenizer_file(text: str) -> bool:
+    """Whether `text` names an existing `tokenizers` JSON file (read with `Tokenizer.from_file`, no hub):
+    the offline stand-in for a hub tokenizer, e.g. the one spam_bench.runners.synthetic_c4 writes. Only a name
+    ending in .json that is a file counts, so a hub name is never taken for a path by accident."""
+    return text.endswith(".json") and _existing_path(text) and Path(text).is_file()
 
 
 def _existing_path(text: str) -> bool:
