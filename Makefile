@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report leaderboard perf perf-ray gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep report leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -102,9 +102,20 @@ DRY_RUN ?=
 gpu-check:
 	$(BIN)/python -m spam_bench.runners.gpu_check --out $(if $(OUT),$(OUT),out/gpu-check) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run,)
 
+# Each task's tiny-scale throughput and the split of its time (data, forward/backward, optimizer,
+# telemetry, other), shortened runs in fresh processes. AGAINST=<git ref> adds an interleaved A/B.
+perf-tasks: $(STAMP)
+	$(BIN)/python -m spam_bench.runners.perf_tasks $(if $(AGAINST),--against $(AGAINST) --repeat 2,)
+
 # Ray Tune's overhead over the local runner (8 tiny trials).
 perf-ray: $(STAMP)
 	$(BIN)/python -m spam_bench.runners.overhead
+
+# `spambench report` on a synthetic store of RUNS realistic run folders (a temp folder), measured at a
+# quarter, half and all of them: wall time and peak RSS of the report process, e.g. make perf-report RUNS=400.
+RUNS ?= 1000
+perf-report: $(STAMP)
+	$(BIN)/python -m spam_bench.runners.perf_report --runs $(RUNS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

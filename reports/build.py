@@ -1,6 +1,7 @@
 """`spambench report`: the results store -> `<out>/report/`.
 
-Writes results.parquet (long format, every complete run that passes the filters), summary.md (the
+Writes results.parquet (long format, every complete run that passes the filters: the metric rows the
+report reads, long curves cut to summary.CURVE_POINTS points, with the run columns), summary.md (the
 plain per-settings table), leaderboard.md, leaderboard.csv and leaderboard.parquet (the leaderboard's
 entries, for scripts: LEADERBOARD_COLUMNS), the figures (*.png, each with an *.svg beside it) and
 leaderboard.html (the same content with the PNGs embedded). Reads only complete runs; writes nothing
@@ -14,7 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from spam_bench.reports import html, leaderboard
-from spam_bench.reports.summary import current_code, load_runs, mixed_code, select, summary_table, to_markdown
+from spam_bench.reports.summary import (
+    current_code,
+    load_runs,
+    mixed_code,
+    select,
+    summary_table,
+    to_markdown,
+    with_run_columns,
+)
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.results import RunStore
 
@@ -102,7 +111,7 @@ def write_leaderboard(
     for pattern in ("*.png", "*.svg"):  # figures of problems that are filtered out now must not linger
         for stale in report_dir.glob(pattern):
             stale.unlink()
-    long.to_parquet(report_dir / "results.parquet", index=False)
+    with_run_columns(long, runs).to_parquet(report_dir / "results.parquet", index=False)
     (report_dir / "summary.md").write_text(to_markdown(summary_table(runs)))
     table = leaderboard.entries(runs) if not runs.empty else pd.DataFrame()
     _write_entries(table, report_dir)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from spam_bench.reports import stats
 from spam_bench.reports.leaderboard import Across, problem_label, problem_slug
+from spam_bench.reports.summary import with_run_columns
 
 MAX_POINTS = 200  # curves are averaged into at most this many step bins before banding: readable, fast
 DPI = 90
@@ -174,11 +175,15 @@ def profile(a: Across, colors: dict[str, str], out: Path) -> str:
 
 def write_all(long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, a: Across, out: Path) -> set[str]:
     """Every figure of the report into `out`; returns the names written."""
-    long = long.merge(runs[["task", "run_id", "recipe", "problem"]], on=["task", "run_id"], how="left")
+    # `curves` draws the training loss and logged curves of evaluation splits, never the telemetry
+    long = long[(long.split != "optim") & ((long.split != "train") | (long.name == "loss"))].drop(columns="wall")
+    long = with_run_columns(long, runs, ["scale", "optimizer", "status", "recipe", "problem"])
     long = long.assign(value=pd.to_numeric(long["value"], errors="coerce"))  # null (non-finite) -> NaN
     colors = palette(list(runs["optimizer"].unique()))
     written = {profile(a, colors, out)}
     for (task, scale, problem), g in table.groupby(["task", "scale", "problem"], sort=True):
         sel = long[(long.task == task) & (long.scale == scale) & (long.problem == problem)]
+        # plain text columns: grouping by a categorical would add every unobserved combination
+        sel = sel.astype({c: object for c in sel.columns if isinstance(sel[c].dtype, pd.CategoricalDtype)})
         written |= {n for n in (curves(sel, g, colors, out), finals(g, colors, out)) if n}
     return written

@@ -29,6 +29,7 @@ BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
 TAU_MAX = 2.0  # final-metric gaps are small; AlgoPerf's 4 is for time-to-target ratios
 TAU_GRID = np.linspace(1.0, TAU_MAX, 201)
+BAND_BLOCK_CELLS = 4_000_000  # floats per block of bootstrap_band's resampled curves (32 MB)
 
 
 def sign(direction: str) -> float:
@@ -61,12 +62,17 @@ def bootstrap_band(
     """Per-column percentile-bootstrap CI of the mean of `curves` (seeds x steps), for plot bands.
 
     Fewer resamples than the tables: a band is read by eye. NaN cells (a seed that stopped logging)
-    are left out of that column's mean."""
+    are left out of that column's mean. The resamples are averaged a block at a time, so memory stays
+    bounded however many seeds there are (all at once they took resamples x seeds x steps floats)."""
     n = curves.shape[0]
     rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, (resamples, n))
+    block = max(1, BAND_BLOCK_CELLS // max(1, curves.size))
+    means = np.empty((resamples, *curves.shape[1:]))
     with warnings.catch_warnings():  # all-NaN columns (no seed logged that step) are expected
         warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(curves[rng.integers(0, n, (resamples, n))], axis=1)
+        for start in range(0, resamples, block):
+            means[start : start + block] = np.nanmean(curves[picks[start : start + block]], axis=1)
         alpha = (1 - confidence) / 2
         lo, hi = np.nanpercentile(means, [100 * alpha, 100 * (1 - alpha)], axis=0)
     return lo, hi

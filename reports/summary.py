@@ -1,8 +1,14 @@
-"""`spambench report`: every complete run into one long DataFrame, and a Markdown summary table.
+"""`spambench report`: every complete run into a runs table and a long table, and a Markdown summary table.
 
-The long format (one row per run x split x metric x step) is what every later view is cut from;
-it is saved as parquet so notebooks can read the same numbers the tables show. `select` applies the
-report's filters (--task/--opt/--scale/--since); the leaderboard (reports/leaderboard.py) builds on both.
+`runs` has one row per complete run (its summary.json and spec.json). `long` has one row per run x
+split x metric x step of what the report draws from metrics.jsonl, keyed by (task, run_id) only:
+run columns are joined on demand (`with_run_columns`), never repeated on every row. Each
+metrics.jsonl is parsed column-wise (pyarrow) and cut down per run before anything is concatenated,
+so memory grows with the kept rows, not with the files: CURVE_POINTS and the notes above it say what
+is kept and the bound on each curve. It is saved as parquet (with the run columns) so notebooks can read the
+same numbers the report shows. `select` applies the report's filters (--task/--opt/--scale/--since);
+the leaderboard (reports/leaderboard.py) builds on both. `make perf-report` measures the report on a
+large synthetic store (runners/perf_report.py).
 """
 
 from __future__ import annotations
@@ -11,19 +17,28 @@ import json
 import math
 import re
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from spam_bench.reports.blocks import md_cell, md_text
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.resolve import code_of
 from spam_bench.suite.results import METRICS, SPEC, SUMMARY, RunStore, read_json
+from spam_bench.suite.step_log import FINAL as STEPS_FILE
+from spam_bench.suite.step_log import SPLIT as STEP_SPLIT
 
-# Every long row carries what is needed to tell runs apart without a join: the canonical
-# hyperparameters (overrides, opt_hparams), the effective optimizer config, versions, commit, hardware.
+# What tells runs apart: the canonical hyperparameters (overrides, opt_hparams), the effective optimizer
+# config, versions, commit, hardware. results.parquet carries them on every row (`with_run_columns`);
+# the long table in memory carries only the key (task, run_id).
 RUN_COLUMNS = [
     "run_id",
     "task",
@@ -75,6 +90,35 @@ _SUMMARY_MAPPINGS = (
 )
 # `--since` as an age: at most a century (a larger one overflowed datetime; no run is that old).
 MAX_AGE_DAYS = 36_525
+LONG_COLUMNS = ["task", "run_id", "split", "name", "step", "value", "wall"]
+# What load_runs keeps of metrics.jsonl and steps.parquet (the "optim" split, suite/step_log.py): what the report's consumers read, per run and bounded.
+#  - reports/plots.py: ("train", "loss") and the primary metric's logged curve (split != train/final,
+#    f"{split}_{name}" == primary_metric), averaged over seeds into at most plots.MAX_POINTS step bins;
+#  - reports/spikes.py: "grad_norm" (split train or optim), drawn raw per run, with dots at the steps of
+#    "grad_spike/<role>" events and lines at "optimizer_reset" events.
+# Kept: in the per-step splits (STEP_SPLITS) only those names (plus the other rare events); in every other
+# split (evaluation: val, eval, test...) every name, since those are few points and are the eval values.
+# A curve longer than CURVE_POINTS is cut to CURVE_POINTS points: its first and last points exactly and
+# step-bin means in between (plots average bins anyway); "grad_norm" keeps per bin its lowest and highest
+# point, so spikes stay visible, and its points at every event step, so the event dots sit on the trace.
+# Events are logged only where they happen and are kept whole; so are the "final" rows (summary.json).
+CURVE_POINTS = 512
+STEP_SPLITS = ("train", "optim")
+CURVES = {("train", "loss")}
+TRACES = {"grad_norm"}
+EVENT_NAMES = {"optimizer_reset", "injected_spike", "loss_spike"}
+EVENT_PREFIXES = ("grad_spike/",)
+_METRIC_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("name", pa.string()),
+        ("step", pa.int64()),
+        ("value", pa.float64()),
+        ("wall", pa.float64()),
+    ]
+)
+_JSON_PARSE = pa_json.ParseOptions(explicit_schema=_METRIC_SCHEMA, unexpected_field_behavior="ignore")
+_LF, _OPEN, _CLOSE = ord("\n"), ord("{"), ord("}")
 
 
 def _settings(summary: dict) -> str:
@@ -166,8 +210,12 @@ def _check_summary(path: Path, s: dict[str, Any]) -> None:
             raise MalformedRun(path, f"{key} is {_shown(s[key])}, not text")
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl, every line checked: a run killed mid-write or cut short leaves a partial last line."""
+def _check_lines(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl, every line checked: a run killed mid-write or cut short leaves a partial last line.
+
+    The reference reading (json, line by line). `_metric_table` comes here only when the column-wise
+    parse fails or finds anything off, so a file is accepted or refused, with the same one-line reason,
+    exactly as this reading decides; malformed files are rare, so its cost does not matter."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -193,8 +241,204 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], datetime]:
-    """(summary, spec, metrics, finished) of one complete run folder, every file checked."""
+def _parse_columns(data: bytes) -> pa.Table | None:
+    """A non-empty metrics.jsonl parsed column-wise by pyarrow, or None where it is not plainly well-formed.
+
+    pyarrow's JSON reader is laxer than json.loads line by line: it reads NaN and Infinity, two objects
+    on one line, a `null` line (as a row of nulls; a file that begins with one crashes the process),
+    bytes that are not UTF-8 in fields it skips, an int beyond int64 as a float, and a cut last line that
+    happens to end an object. So it only sees files whose every line starts with `{` and ends with `}`
+    and that end in a newline, and its table counts only with one row per line, a split and a name on
+    every row, and numbers json.loads would accept (finite; ints within int64). Anything else: None, and
+    the caller reads the file line by line (`_check_lines`)."""
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return None
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == _LF)
+    if raw[0] != _OPEN or raw[-1] != _LF or (raw[ends - 1] != _CLOSE).any() or (raw[ends[:-1] + 1] != _OPEN).any():
+        return None
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(data),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            parse_options=_JSON_PARSE,
+        )
+    except (pa.ArrowException, ValueError):  # not JSON, a field of another type, a float step...
+        return None
+    if table.num_rows != len(ends) or table["split"].null_count or table["name"].null_count:
+        return None
+    step = table["step"]
+    if step.null_count < len(step) and pc.min(step).as_py() == -(2**63):  # json.loads' int64 is open
+        return None
+    for key in ("value", "wall"):
+        col = table[key]
+        if col.null_count < len(col) and (
+            not pc.all(pc.is_finite(col)).as_py() or pc.max(pc.abs(col)).as_py() >= 2.0**63
+        ):  # at or past 2**63 it may have been an int json.loads' reading refuses: that reading decides
+            return None
+    return table
+
+
+def _metric_table(path: Path) -> pa.Table:
+    """metrics.jsonl as a table (split, name, step, value, wall), or MalformedRun naming the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MalformedRun(path, err.strerror or type(err).__name__) from None
+    table = _parse_columns(data) if data else _METRIC_SCHEMA.empty_table()
+    if table is not None:
+        return table
+    rows = _check_lines(path)  # refuses the file with the reason, or reads what the column-wise parse could not
+
+    def floats(key: str) -> pa.Array:
+        return pa.array([None if m.get(key) is None else float(m[key]) for m in rows], pa.float64())
+
+    return pa.table(
+        {
+            "split": pa.array([m["split"] for m in rows], pa.string()),
+            "name": pa.array([m["name"] for m in rows], pa.string()),
+            "step": floats("step"),
+            "value": floats("value"),
+            "wall": floats("wall"),
+        }
+    )
+
+
+def _kind(split: str, name: str) -> str | None:
+    """How load_runs keeps a run's (split, name) series: "curve" (cut to bin means past CURVE_POINTS),
+    "trace" (cut to bin extremes and event steps), "all", or None (not read by the report: dropped)."""
+    if split not in STEP_SPLITS or (split, name) in CURVES:
+        return "curve"
+    if name in TRACES:
+        return "trace"
+    if name in EVENT_NAMES or name.startswith(EVENT_PREFIXES):
+        return "all"
+    return None
+
+
+def _bins(steps: np.ndarray, n: int) -> np.ndarray:
+    """Each step's bin among `n` equal-width step bins spanning the steps."""
+    lo, hi = steps.min(), steps.max()
+    if hi <= lo:
+        return np.zeros(len(steps), dtype=np.int64)
+    return np.minimum(((steps - lo) / (hi - lo) * n).astype(np.int64), n - 1)
+
+
+def _nanmean_by(bins: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
+    """Mean of `x` per bin over its non-NaN entries (NaN where a bin has none)."""
+    finite = ~np.isnan(x)
+    total = np.bincount(bins, weights=np.where(finite, x, 0.0), minlength=n)
+    count = np.bincount(bins, weights=finite, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def _cut_curve(rows: np.ndarray, cols: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """(position, step, value, wall) of a long curve in at most CURVE_POINTS points: its first and last
+    step exactly, and in between the means over CURVE_POINTS - 2 equal step bins (the figures average
+    step bins too: reports/plots.py). A point without a step is on no step axis and is dropped."""
+    step, value, wall = (c[rows] for c in cols)
+    keep = ~np.isnan(step)
+    rows, step, value, wall = rows[keep], step[keep], value[keep], wall[keep]
+    if len(rows) <= CURVE_POINTS:
+        return rows.astype(np.float64), step, value, wall
+    ends = np.unique([np.argmin(step), np.argmax(step)])
+    inner = np.ones(len(rows), dtype=bool)
+    inner[ends] = False
+    n = CURVE_POINTS - 2
+    bins = _bins(step[inner], n)
+    filled = np.bincount(bins, minlength=n) > 0
+    means = [_nanmean_by(bins, x[inner], n)[filled] for x in (rows.astype(np.float64), step, value, wall)]
+    return tuple(np.concatenate([x[ends], m]) for x, m in zip((rows.astype(np.float64), step, value, wall), means))
+
+
+def _cut_trace(rows: np.ndarray, step: np.ndarray, value: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """The rows of a long trace to draw it in at most CURVE_POINTS points (plus event steps): per step bin
+    its lowest and highest value, so a spike stays a spike; its first and last step; and every row at an
+    event's step (reports/spikes.py dots events on the trace)."""
+    s, v = step[rows], value[rows]
+    rows, s, v = rows[~np.isnan(s)], s[~np.isnan(s)], v[~np.isnan(s)]
+    if len(rows) <= CURVE_POINTS:
+        return rows
+    bins = _bins(s, (CURVE_POINTS - 2) // 2)
+    keep = np.isin(s, events)
+    keep[[np.argmin(s), np.argmax(s)]] = True
+    for order in (
+        np.lexsort((np.where(np.isnan(v), np.inf, v), bins)),
+        np.lexsort((-np.where(np.isnan(v), -np.inf, v), bins)),
+    ):
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = bins[order][1:] != bins[order][:-1]
+        keep[order[first]] = True
+    return rows[keep]
+
+
+def _step_table(path: Path) -> pa.Table:
+    """steps.parquet (suite/step_log.py: the instruments' per-step rows) in metrics.jsonl's columns, only
+    the names the report keeps; or MalformedRun. Parquet is data: reading it never runs code."""
+    try:
+        table = pq.read_table(path, columns=["step", "name", "value"])
+        name = pc.cast(table["name"], pa.string())
+        keep = pc.is_in(name, pa.array(sorted(TRACES | EVENT_NAMES)))
+        for prefix in EVENT_PREFIXES:
+            keep = pc.or_(keep, pc.starts_with(name, prefix))
+        table = pa.table(
+            {
+                "split": pa.array([STEP_SPLIT] * table.num_rows, pa.string()),
+                "name": name,
+                "step": pc.cast(table["step"], pa.float64()),
+                "value": pc.cast(table["value"], pa.float64()),
+                "wall": pa.nulls(table.num_rows, pa.float64()),
+            }
+        ).filter(keep)
+    except (OSError, pa.ArrowException, KeyError) as err:
+        raise MalformedRun(path, " ".join(f"{type(err).__name__}: {err}".split())[:200]) from None
+    if table.num_rows and not np.isfinite(table["step"].to_numpy(zero_copy_only=False)).all():
+        raise MalformedRun(path, "a step is not a finite number")
+    return table
+
+
+def _keep_metrics(table: pa.Table) -> tuple[list[tuple[str, str]], np.ndarray, tuple[np.ndarray, ...]]:
+    """(series, each kept row's series index, (step, value, wall)): what the report uses of one run's
+    metrics, in file order and bounded (CURVE_POINTS and the notes above it)."""
+    empty = np.empty(0)
+    if table.num_rows == 0:
+        return [], np.empty(0, dtype=np.int64), (empty, empty, empty)
+    split = table["split"].combine_chunks().dictionary_encode()
+    name = table["name"].combine_chunks().dictionary_encode()
+    splits, names = split.dictionary.to_pylist(), name.dictionary.to_pylist()
+    pair = split.indices.to_numpy().astype(np.int64) * len(names) + name.indices.to_numpy()
+    cols = tuple(pc.cast(table[k], pa.float64()).to_numpy() for k in ("step", "value", "wall"))
+    codes, inverse = np.unique(pair, return_inverse=True)
+    series = [(splits[c // len(names)], names[c % len(names)]) for c in codes]
+    kinds = [_kind(s, n) for s, n in series]
+    events = np.unique(cols[0][np.isin(inverse, [i for i, k in enumerate(kinds) if k == "all"])])
+    kept: list[tuple[str, str]] = []
+    parts: list[tuple[np.ndarray, ...]] = []
+    for i, (key, kind) in enumerate(zip(series, kinds)):
+        if kind is None:
+            continue
+        rows = np.flatnonzero(inverse == i)
+        if kind == "curve" and len(rows) > CURVE_POINTS:
+            part = _cut_curve(rows, cols)
+        else:
+            if kind == "trace" and len(rows) > CURVE_POINTS:
+                rows = _cut_trace(rows, cols[0], cols[1], events)
+            part = (rows.astype(np.float64), *(c[rows] for c in cols))
+        parts.append((np.full(len(part[0]), len(kept), dtype=np.int64), *part))
+        kept.append(key)
+    if not parts:
+        return [], np.empty(0, dtype=np.int64), (empty, empty, empty)
+    index, position, step, value, wall = (np.concatenate(x) for x in zip(*parts))
+    order = np.argsort(position, kind="stable")  # file order (a bin mean sits at its rows' mean position)
+    return kept, index[order], (step[order], value[order], wall[order])
+
+
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], pa.Table, datetime]:
+    """(summary, spec, metrics table, finished) of one complete run folder, every file checked."""
     s = _read_object(run_dir / SUMMARY)
     _check_summary(run_dir / SUMMARY, s)
     spec: dict[str, Any] = {}
@@ -203,7 +447,10 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[
         for key in ("task_config", "optimizer_config"):
             if spec.get(key) is not None and not isinstance(spec[key], dict):
                 raise MalformedRun(run_dir / SPEC, f"{key} is {_shown(spec[key])}, not an object")
-    metrics = _read_metrics(run_dir / METRICS)
+    metrics = _metric_table(run_dir / METRICS)
+    if (run_dir / STEPS_FILE).exists():
+        steps = _step_table(run_dir / STEPS_FILE)
+        metrics = pa.concat_tables([metrics, steps.cast(metrics.schema)])
     try:
         finished = datetime.fromtimestamp((run_dir / SUMMARY).stat().st_mtime, UTC)
     except OSError as err:
@@ -211,8 +458,98 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[
     return s, spec, metrics, finished
 
 
+def _run_row(s: dict[str, Any], spec: dict[str, Any], finished: datetime) -> dict[str, Any]:
+    """The runs table's row of one run."""
+    return {
+        "run_id": s["run_id"],
+        "task": s["task"],
+        "optimizer": s["optimizer"],
+        "seed": s["seed"],
+        "scale": s["scale"],
+        "device": s.get("device", "cpu"),
+        "status": s["status"],
+        "settings": _settings(s),
+        "git_commit": (s.get("git") or {}).get("commit") or s.get("git_commit"),
+        "code_id": (s.get("code") or {}).get("id"),
+        "primary_metric": s["primary_metric"],
+        "direction": s["direction"],
+        "value": s.get("value"),
+        "diverged_step": s.get("diverged_step"),
+        "reason": s.get("reason"),
+        "steps": s.get("steps"),
+        "wall_time_s": s.get("wall_time_s"),
+        "optimizer_state_bytes": s.get("optimizer_state_bytes"),
+        "opt_hparams": json.dumps(s.get("opt_hparams", {}), sort_keys=True),
+        "overrides": json.dumps(s.get("overrides", {}), sort_keys=True),
+        "versions": json.dumps(s.get("versions", {}), sort_keys=True),
+        "hardware": json.dumps(s.get("hardware", {}), sort_keys=True),
+        "optimizer_config": json.dumps(spec.get("optimizer_config", {}), sort_keys=True),
+        "task_config": json.dumps(spec.get("task_config", {}), sort_keys=True),
+        "problem": _problem(s),
+        "problem_key": _problem_key(s, spec),
+        "recipe": _recipe(s),
+        "grad_clip": s.get("grad_clip"),
+        "tokens_per_s": s.get("tokens_per_s"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        **{
+            k: (json.dumps(s[k], sort_keys=True) if s.get(k) is not None else None)
+            for k in ("gss_spikes", "clipped_entries", "spike_events")
+        },
+        "robustness": s.get("robustness"),
+        "recovery_steps_mean": s.get("recovery_steps_mean"),
+    }
+
+
+class _LongParts:
+    """The long table's columns, gathered run by run as compact arrays and assembled once."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], int] = {}  # (split, name) -> index, shared by all runs
+        self.index: list[np.ndarray] = []
+        self.cols: list[tuple[np.ndarray, ...]] = []
+        self.sizes: list[int] = []
+
+    def add(self, keys: list[tuple[str, str]], index: np.ndarray, cols: tuple[np.ndarray, ...]) -> None:
+        codes = np.array([self.series.setdefault(k, len(self.series)) for k in keys], dtype=np.int32)
+        step, value, wall = cols
+        self.index.append(codes[index])
+        self.cols.append((step, value, wall.astype(np.float32)))
+        self.sizes.append(len(index))
+
+    def frame(self, runs: list[dict[str, Any]]) -> pd.DataFrame:
+        if not runs:
+            return pd.DataFrame(columns=LONG_COLUMNS)
+        where = np.repeat(np.arange(len(runs)), self.sizes)
+        index = np.concatenate(self.index)
+        keys = list(self.series)
+        columns: dict[str, Any] = {k: _categorical([r[k] for r in runs], where) for k in ("task", "run_id")}
+        for part, labels in (("split", [s for s, _ in keys]), ("name", [n for _, n in keys])):
+            categories = pd.Index(sorted(set(labels)))
+            codes = categories.get_indexer(pd.Index(labels))
+            columns[part] = pd.Categorical.from_codes(codes[index], categories=categories)
+        for k, parts in zip(("step", "value", "wall"), zip(*self.cols)):
+            columns[k] = np.concatenate(parts)
+        return pd.DataFrame(columns)
+
+
+def _categorical(values: Any, where: np.ndarray) -> pd.Categorical:
+    """`values[where]` as a categorical, built from the (few) values rather than from every row;
+    where = -1 gives a missing value."""
+    cat = pd.Categorical(values)
+    return pd.Categorical.from_codes(np.append(cat.codes, -1)[where], categories=cat.categories)
+
+
+def _number(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
 def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs: one row per complete run, long: one row per run x split x metric x step).
+    """(runs: one row per complete run, long: one row per run x split x metric x step that the report uses).
+
+    `long` has the columns LONG_COLUMNS: (task, run_id) name the run (`with_run_columns` adds the runs'
+    columns), split and name are categoricals, step and value float64, wall float32. It holds the series
+    the report reads, bounded per run (CURVE_POINTS), and one "final" row per run: the primary metric
+    from summary.json at its last step.
 
     A run folder that cannot be read as a run (an empty, truncated or hand-edited summary.json, a
     summary.json that is a folder, a value that is not a number, a truncated or missing metrics.jsonl,
@@ -220,7 +557,9 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     folder must neither abort the report nor hide the good runs. Their number is in
     `runs.attrs[MALFORMED_ATTR]`, which the leaderboard's header reports.
     """
-    runs, rows, malformed = [], [], 0
+    runs: list[dict[str, Any]] = []
+    long = _LongParts()
+    malformed = 0
     for run_dir in store.complete_runs():
         try:
             s, spec, metrics, finished = _read_run(run_dir)
@@ -228,68 +567,15 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             malformed += 1
             print(f"spambench: warning: {' '.join(str(err).splitlines())}; run folder skipped", file=sys.stderr)
             continue
-        run = {
-            "run_id": s["run_id"],
-            "task": s["task"],
-            "optimizer": s["optimizer"],
-            "seed": s["seed"],
-            "scale": s["scale"],
-            "device": s.get("device", "cpu"),
-            "status": s["status"],
-            "settings": _settings(s),
-            "git_commit": (s.get("git") or {}).get("commit") or s.get("git_commit"),
-            "code_id": (s.get("code") or {}).get("id"),
-            "primary_metric": s["primary_metric"],
-            "direction": s["direction"],
-            "value": s.get("value"),
-            "diverged_step": s.get("diverged_step"),
-            "reason": s.get("reason"),
-            "steps": s.get("steps"),
-            "wall_time_s": s.get("wall_time_s"),
-            "optimizer_state_bytes": s.get("optimizer_state_bytes"),
-            "opt_hparams": json.dumps(s.get("opt_hparams", {}), sort_keys=True),
-            "overrides": json.dumps(s.get("overrides", {}), sort_keys=True),
-            "versions": json.dumps(s.get("versions", {}), sort_keys=True),
-            "hardware": json.dumps(s.get("hardware", {}), sort_keys=True),
-            "optimizer_config": json.dumps(spec.get("optimizer_config", {}), sort_keys=True),
-            "task_config": json.dumps(spec.get("task_config", {}), sort_keys=True),
-            "problem": _problem(s),
-            "problem_key": _problem_key(s, spec),
-            "recipe": _recipe(s),
-            "grad_clip": s.get("grad_clip"),
-            "tokens_per_s": s.get("tokens_per_s"),
-            "finished_at": finished.isoformat(timespec="seconds"),
-            **{
-                k: (json.dumps(s[k], sort_keys=True) if s.get(k) is not None else None)
-                for k in ("gss_spikes", "clipped_entries", "spike_events")
-            },
-            "robustness": s.get("robustness"),
-            "recovery_steps_mean": s.get("recovery_steps_mean"),
-        }
-        runs.append(run)
-        base = {k: run[k] for k in RUN_COLUMNS}
-        for m in metrics:
-            rows.append(
-                {
-                    **base,
-                    "split": m["split"],
-                    "name": m["name"],
-                    "step": m["step"],
-                    "value": m["value"],
-                    "wall": m["wall"],
-                }
-            )
-        rows.append(
-            {
-                **base,
-                "split": "final",
-                "name": s["primary_metric"],
-                "step": s.get("steps"),
-                "value": s.get("value"),
-                "wall": s.get("wall_time_s"),
-            }
+        runs.append(_run_row(s, spec, finished))
+        keys, index, (step, value, wall) = _keep_metrics(metrics)
+        del metrics  # the whole file's table: only the kept rows outlive this run
+        final = [_number(s.get(k)) for k in ("steps", "value", "wall_time_s")]
+        long.add(
+            [*keys, ("final", s["primary_metric"])],
+            np.append(index, len(keys)),
+            tuple(np.append(x, f) for x, f in zip((step, value, wall), final)),
         )
-    long_columns = [*RUN_COLUMNS, "split", "name", "step", "value", "wall"]
     # An empty store still has the columns that later steps group and filter by.
     runs_df = pd.DataFrame(runs) if runs else pd.DataFrame(columns=[*RUN_COLUMNS, *_EMPTY_EXTRA_COLUMNS])
     if not runs_df.empty:  # one label per problem: the shortest way its runs spell it
@@ -297,7 +583,34 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t))
         )
     runs_df.attrs[MALFORMED_ATTR] = malformed
-    return runs_df, pd.DataFrame(rows, columns=long_columns)
+    return runs_df, long.frame(runs)
+
+
+def with_run_columns(long: pd.DataFrame, runs: pd.DataFrame, columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:
+    """`long` with `columns` of `runs` beside its own, matched on (task, run_id) (a left join): what
+    results.parquet holds, and what a view asks for when it needs run fields next to metric rows.
+    Text columns come as categoricals, built from the runs table rather than repeated per row."""
+    where = np.full(len(long), -1, dtype=np.int64)
+    if len(long) and len(runs):
+        at = {key: i for i, key in enumerate(zip(runs["task"], runs["run_id"]))}
+        task, run_id = pd.Categorical(long["task"]), pd.Categorical(long["run_id"])
+        pair = (task.codes.astype(np.int64) + 1) * (len(run_id.categories) + 1) + run_id.codes + 1
+        _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+        tasks, run_ids = np.asarray(task)[first], np.asarray(run_id)[first]
+        where = np.array([at.get(key, -1) for key in zip(tasks, run_ids)], dtype=np.int64)[inverse]
+    out: dict[str, Any] = {}
+    for c in columns:
+        if c in long.columns:
+            out[c] = long[c].to_numpy() if not isinstance(long[c].dtype, pd.CategoricalDtype) else long[c].array
+        elif pd.api.types.is_numeric_dtype(runs[c]) and not pd.api.types.is_bool_dtype(runs[c]):
+            values = runs[c].to_numpy()
+            out[c] = np.append(values.astype(np.float64), math.nan)[where] if (where < 0).any() else values[where]
+        else:
+            out[c] = _categorical(runs[c].to_numpy(), where)
+    for c in long.columns:
+        if c not in out:
+            out[c] = long[c].array
+    return pd.DataFrame(out, index=long.index)
 
 
 def current_code(runs: pd.DataFrame) -> pd.Series:

@@ -14,6 +14,7 @@ The context owns:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from spam_bench.suite.instruments import Instruments
 from spam_bench.suite.interrupt import StopRequest
 from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.phase_clock import PhaseClock
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import RunRecorder
 from spam_bench.suite.seeding import rng_state, set_rng_state
@@ -44,6 +46,7 @@ class RunContext:
         self.n_params = 0
         self._suite_state: dict[str, Any] | None = None  # from a checkpoint, until the instruments exist
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self.clock = PhaseClock()  # where the run's time goes (suite/phase_clock.py)
 
     # --- the optimizer ---
     def build_optimizer(
@@ -69,6 +72,7 @@ class RunContext:
             clip=self.run.clip,
             log=self.log,
             samples_path=self.recorder.dir / SAMPLES_RAW if self.recorder is not None else None,
+            clock=self.clock,
         )
         if self._suite_state is not None:
             self.instruments.load_state_dict(self._suite_state["instruments"])
@@ -94,6 +98,10 @@ class RunContext:
         if scheduler is not None:
             scheduler.step()
         self.instruments.after_step(loss)
+
+    def timed(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        """Count the time in the block as `phase` ("data" or "forward_backward") in the run's time split."""
+        return self.clock.timed(phase)
 
     # --- files ---
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
@@ -161,6 +169,7 @@ class RunContext:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "n_params": self.n_params,
             **self.run.clip.record(),
+            "time_split_s": self.clock.split(),
         }
         if self.instruments is not None and self.recorder is not None:
             out.update(self.instruments.summary(self.recorder.dir))

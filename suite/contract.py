@@ -12,6 +12,7 @@ This module is the bottom of the suite: it imports nothing of ours, so any layer
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -78,6 +79,8 @@ class Context(Protocol):
     ) -> torch.optim.Optimizer: ...
 
     def step(self, loss: float, scheduler: Any = None) -> None: ...
+
+    def timed(self, phase: str) -> AbstractContextManager[None]: ...
 
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None: ...
 

@@ -19,6 +19,7 @@ reports the same summary keys.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from spam_bench.suite.clipping import ClipRule
 from spam_bench.suite.contract import SelfReporting
 from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.phase_clock import PhaseClock
 from spam_bench.suite.spike_config import SpikeFields
 from spam_bench.suite.spikes import (
     COARSE_ROLE,
@@ -57,7 +59,10 @@ class Instruments:
         clip: ClipRule,
         log: Log,
         samples_path: Path | None = None,
+        clock: PhaseClock | None = None,
     ):
+        self.clock = clock if clock is not None else PhaseClock()
+        self._optimizer_from: float | None = None  # when before_step handed over to the optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.clip, self.log = optimizer, clip, log
         self.telemetry = (
@@ -100,6 +105,7 @@ class Instruments:
     # --- around one step ---
     def before_step(self) -> float:
         """Inject, observe and clip the gradient the optimizer is about to see; returns its norm."""
+        t0 = time.perf_counter()
         self._injected = self.injector.apply(self.step + 1, self.params) if self.injector else False
         metrics = self.telemetry.observe() if self.telemetry else {}
         for key, value in list(metrics.items()):
@@ -109,6 +115,8 @@ class Instruments:
                     del metrics[key]  # spike events are logged only where they happen
             elif key.startswith("grad_ratio/"):
                 del metrics[key]
+        t1 = time.perf_counter()
+        self.clock.add("telemetry", t1 - t0)
         norm = float(grad_global_norm(self.params))
         limit = self.clip.effective
         if limit is not None and math.isfinite(norm):
@@ -120,10 +128,15 @@ class Instruments:
         metrics["grad_norm"] = norm
         self._norms.append(norm)
         self._pending = metrics
+        self._optimizer_from = t1  # the clip rule and the update are the optimizer's time
         return norm
 
     def after_step(self, loss: float | None = None) -> None:
         """Count the step, read the optimizer's own report, check the loss, log the step's telemetry."""
+        t0 = time.perf_counter()
+        if self._optimizer_from is not None:
+            self.clock.add("optimizer", t0 - self._optimizer_from)
+            self._optimizer_from = None
         self.step += 1
         metrics, self._pending = self._pending, {}
         if self.reporting:
@@ -139,6 +152,7 @@ class Instruments:
             metrics.update(self._loss_events(loss))
         if metrics:
             self.log(self.step, SPLIT, metrics)
+        self.clock.add("telemetry", time.perf_counter() - t0)
 
     def observe_loss(self, loss: float) -> None:
         """Loss-spike detection and spike recovery for loops whose loss is known only later than the

@@ -186,7 +186,7 @@ class GssRecord:
         rows, cols = trace.shape if trace.ndim == 2 else (0, 0)
         mean_abs = np.abs(trace).mean(axis=0, dtype=np.float64) if rows else np.zeros(cols)
         step, col = np.nonzero(gss(trace) > KEEP_GSS) if rows else (np.zeros(0, int), np.zeros(0, int))
-        kept = np.unique(np.linspace(0, rows - 1, min(rows, TRACE_ROWS)).round().astype(np.int64)) if rows else []
+        kept: np.ndarray = np.unique(np.linspace(0, rows - 1, min(rows, TRACE_ROWS)).round().astype(np.int64))
         return cls(
             rows=rows,
             mean_abs=mean_abs,

@@ -97,15 +97,17 @@ class Trainer:
     def train_step(self) -> float:
         """One update (with accumulation); returns the mean loss."""
         c = self.config
-        x, y = self.data.train_batch(self.step)
+        with self.ctx.timed("data"):
+            x, y = self.data.train_batch(self.step)
         n_micro = c.batch_size // c.micro_batch
         loss_sum = 0.0
-        for i in range(n_micro):
-            xs = x[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
-            ys = y[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
-            loss = self.model.loss(xs, ys) / n_micro
-            loss.backward()
-            loss_sum += float(loss.detach())
+        with self.ctx.timed("forward_backward"):
+            for i in range(n_micro):
+                xs = x[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
+                ys = y[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
+                loss = self.model.loss(xs, ys) / n_micro
+                loss.backward()
+                loss_sum += float(loss.detach())
         self.ctx.step(loss_sum, self.scheduler)
         return loss_sum
 

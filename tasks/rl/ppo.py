@@ -17,7 +17,10 @@ optimizers that need the model (GaLore, Adam-mini) get it. Three behaviours chan
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -87,9 +90,14 @@ class BenchPPO(PPO):
             self.diverged = True
             return False
 
+    # The run's time split (suite/phase_clock.py): an update's forward and backward passes; the
+    # optimizer and telemetry inside it are counted as theirs.
+    timed: Callable[[str], AbstractContextManager[None]] = staticmethod(lambda phase: contextlib.nullcontext())
+
     def train(self) -> None:
         try:
-            super().train()
+            with self.timed("forward_backward"):
+                super().train()
         except ValueError as err:
             if not is_diverged_policy_error(err):
                 raise

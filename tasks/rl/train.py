@@ -157,6 +157,11 @@ class _Boundaries(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self.trainer.boundary(final=False)
+        self._rollout = self.trainer.ctx.timed("data")  # collecting a rollout: simulation and policy inference
+        self._rollout.__enter__()
+
+    def _on_rollout_end(self) -> None:
+        self._rollout.__exit__(None, None, None)
 
 
 class Trainer:
@@ -201,6 +206,7 @@ class Trainer:
             self.model.policy, policy_model_info(self.model.policy), lr=c.lr, step_hooks=True
         )
         self.model.use_optimizer(self.optimizer, c.lr)
+        self.model.timed = ctx.timed
         self.eval_env = make_eval_env(c)
         self.evals: list[tuple[int, float]] = []  # (env steps, mean return)
         self.last_eval_returns: list[float] = []

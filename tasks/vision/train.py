@@ -84,10 +84,12 @@ class Trainer:
 
     def train_step(self) -> float:
         """One update on batch `self.step`; returns its loss."""
-        x, y = self.batches.batch(self.step)
-        loss = F.cross_entropy(self.model(x), y)
-        loss.backward()
-        value = float(loss.detach())
+        with self.ctx.timed("data"):
+            x, y = self.batches.batch(self.step)
+        with self.ctx.timed("forward_backward"):
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            value = float(loss.detach())
         self.ctx.step(value, self.scheduler)  # spike injection, telemetry, the one clip rule, the update
         return value
 
