@@ -1,16 +1,22 @@
-"""`spambench report`: the results store -> `<out>/report/`.
+"""`spambench report`: the results store -> `<out>/report/` (a filtered report -> its own folder in it).
 
 Writes results.parquet (long format, every complete run that passes the filters: the metric rows the
 report reads, long curves cut to summary.CURVE_POINTS points, with the run columns), summary.md (the
 plain per-settings table), leaderboard.md, leaderboard.csv and leaderboard.parquet (the leaderboard's
 entries, for scripts: LEADERBOARD_COLUMNS), the figures (*.png, each with an *.svg beside it) and
-leaderboard.html (the same content with the PNGs embedded). Reads only complete runs; writes nothing
-outside `<out>/report`.
+leaderboard.html (the same content with the PNGs embedded). Reads only complete runs and the tuning
+records of `spambench tune` (`<out>/tuning/best/`, which mark the tuned protocol's entries); writes
+nothing outside `<out>/report`. A report with filters (--task/--opt/--scale/--since) goes to a folder
+of its own named after them (`report_folder`), so it never overwrites the full report.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,17 +32,23 @@ from spam_bench.reports.summary import (
 )
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.results import RunStore
+from spam_bench.suite.tuning import best_path
 
 # leaderboard.csv / leaderboard.parquet: one row per task, scale, problem (task settings), optimizer and
-# recipe (lr and opt.* values), as `leaderboard.entries` computes them: the primary metric's mean and
-# 95% bootstrap CI over `n` complete seeds, diverged seeds, rank within the problem (1 = best; ties
-# share), best, speed and optimizer-state bytes. Missing values are empty (CSV) or null (Parquet).
+# recipe (lr and opt.* values), as `leaderboard.entries` computes them: the effective lr, the protocol
+# (defaults, tuned, hand-set), the configurations the optimizer tried on the problem, the primary
+# metric's mean and 95% bootstrap CI over `n` complete seeds, diverged seeds, rank within the problem
+# (1 = best; entries the paired tests cannot separate share a rank; empty below stats.MIN_SEEDS
+# seeds), best, speed and optimizer-state bytes. Missing values are empty (CSV) or null (Parquet).
 LEADERBOARD_COLUMNS = [
     "task",
     "scale",
     "problem",
     "optimizer",
     "recipe",
+    "lr",
+    "protocol",
+    "configs",
     "metric",
     "direction",
     "mean",
@@ -58,6 +70,40 @@ def _write_entries(table: pd.DataFrame, report_dir: Path) -> None:
     rows = rows.assign(grad_clip=pd.to_numeric(rows["grad_clip"], errors="coerce"))  # None -> NaN: one dtype
     rows.to_csv(report_dir / "leaderboard.csv", index=False)
     rows.to_parquet(report_dir / "leaderboard.parquet", index=False)
+
+
+def tuning_records(out_root: Path, runs: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """What `spambench tune` saved for each (task, scale, optimizer) of `runs` that has a record:
+    {"sets": the tuned `--set` values, "trials": how many were tried, ...}. A record that is not
+    readable as one is left out (those runs then count as hand-set, never as tuned)."""
+    records: dict[tuple[str, str, str], dict[str, Any]] = {}
+    if runs.empty:
+        return records
+    for task, scale, optimizer in runs[["task", "scale", "optimizer"]].drop_duplicates().itertuples(index=False):
+        try:
+            path = best_path(out_root, task, scale, optimizer)
+            record = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("sets"), dict):
+            records[(task, scale, optimizer)] = record
+    return records
+
+
+def report_folder(out_root: Path, **filters: str | None) -> Path:
+    """`<out>/report` for the full report; a filtered one gets a folder of its own inside it, named
+    after the filters (`task-rl`, `task-rl_opt-adamw,spam`), so it never overwrites the full report.
+    Characters other than letters, digits and `.,=+-` become `_`; the name then ends with a short hash
+    of the filters (two filters never share a folder), as does a name longer than 80 characters."""
+    root = Path(out_root) / "report"
+    given = [(k, str(v)) for k, v in filters.items() if v]
+    if not given:
+        return root
+    raw = "_".join(f"{k}-{v}" for k, v in given)
+    name = re.sub(r"[^A-Za-z0-9.,=+-]", "_", raw)
+    if name != raw or len(name) > 80:
+        name = f"{name[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+    return root / name
 
 
 def _split_inapplicable(runs: pd.DataFrame, long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -96,7 +142,8 @@ def write_leaderboard(
     plots: bool = True,
     all_code: bool = False,
 ) -> tuple[str, Path]:
-    """Write the report folder; returns (leaderboard Markdown, report folder).
+    """Write the report folder; returns (leaderboard Markdown, report folder): `<out>/report`, or with
+    any filter a folder of its own inside it (`report_folder`).
 
     Filters take comma-separated names; `since` an ISO date/datetime or an age (7d, 12h).
     By default only runs made by the code installed now are reported (their code fingerprint is the
@@ -106,14 +153,15 @@ def write_leaderboard(
     runs, long = select(*load_runs(RunStore(out_root)), task=task, opt=opt, scale=scale, since=since)
     runs, long, code_note = _code_filter(runs, long, all_code)
     runs, long, inapplicable = _split_inapplicable(runs, long)
-    report_dir = out_root / "report"
+    tuned = tuning_records(out_root, runs)
+    report_dir = report_folder(out_root, task=task, opt=opt, scale=scale, since=since)
     report_dir.mkdir(parents=True, exist_ok=True)
     for pattern in ("*.png", "*.svg"):  # figures of problems that are filtered out now must not linger
         for stale in report_dir.glob(pattern):
             stale.unlink()
     with_run_columns(long, runs).to_parquet(report_dir / "results.parquet", index=False)
     (report_dir / "summary.md").write_text(to_markdown(summary_table(runs)))
-    table = leaderboard.entries(runs) if not runs.empty else pd.DataFrame()
+    table = leaderboard.entries(runs, tuned) if not runs.empty else pd.DataFrame()
     _write_entries(table, report_dir)
 
     images: set[str] = set()
@@ -123,7 +171,7 @@ def write_leaderboard(
         from spam_bench.reports import plots as figures  # matplotlib only when drawing
         from spam_bench.reports import spikes
 
-        images = figures.write_all(long, runs, table, leaderboard.across(table), report_dir)
+        images = figures.write_all(long, runs, table, leaderboard.acrosses(table), report_dir)
         # The gradient-norm traces label raw optimizer names: read no `$` in them as mathtext
         # (rcParam text.parse_math, https://matplotlib.org/stable/users/explain/customizing.html).
         with matplotlib.rc_context({"text.parse_math": False}):
@@ -132,7 +180,7 @@ def write_leaderboard(
         [f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
         + ([code_note] if code_note else [])
     )
-    blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable)
+    blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable, tuned=tuned)
     markdown = leaderboard.to_markdown(blocks)
     (report_dir / "leaderboard.md").write_text(markdown)
     (report_dir / "leaderboard.html").write_text(html.render(blocks, report_dir))

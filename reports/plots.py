@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from spam_bench.reports import stats
-from spam_bench.reports.leaderboard import Across, problem_label, problem_slug
+from spam_bench.reports.leaderboard import Across, problem_label, problem_slug, profile_image
 from spam_bench.reports.summary import with_run_columns
 
 MAX_POINTS = 200  # curves are averaged into at most this many step bins before banding: readable, fast
@@ -151,8 +151,9 @@ def finals(entries: pd.DataFrame, colors: dict[str, str], out: Path) -> str:
 
 
 def profile(a: Across, colors: dict[str, str], out: Path) -> str:
+    """The performance profile of one protocol's across-task view (its ranked optimizers)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for o in a.mean_rank.index:
+    for o in (o for o in a.mean_rank.index if o in a.profile):
         ax.step(
             stats.TAU_GRID,
             a.profile[o],
@@ -165,22 +166,26 @@ def profile(a: Across, colors: dict[str, str], out: Path) -> str:
         xlabel="τ (ratio to the best entry on a problem)",
         ylabel="fraction of problems",
         ylim=(-0.03, 1.03),
-        title=f"Performance profile over {len(a.problems)} problems",
+        title=f"Performance profile over {len(a.problems)} problems ({a.protocol})",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if a.profile:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return save(fig, out, "profile.png")
+    return save(fig, out, profile_image(a.protocol))
 
 
-def write_all(long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, a: Across, out: Path) -> set[str]:
-    """Every figure of the report into `out`; returns the names written."""
+def write_all(
+    long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, views: dict[str, Across], out: Path
+) -> set[str]:
+    """Every figure of the report into `out` (a performance profile per protocol in `views`); returns the
+    names written."""
     # `curves` draws the training loss and logged curves of evaluation splits, never the telemetry
     long = long[(long.split != "optim") & ((long.split != "train") | (long.name == "loss"))].drop(columns="wall")
     long = with_run_columns(long, runs, ["scale", "optimizer", "status", "recipe", "problem"])
     long = long.assign(value=pd.to_numeric(long["value"], errors="coerce"))  # null (non-finite) -> NaN
     colors = palette(list(runs["optimizer"].unique()))
-    written = {profile(a, colors, out)}
+    written = {profile(a, colors, out) for a in views.values()}
     for (task, scale, problem), g in table.groupby(["task", "scale", "problem"], sort=True):
         sel = long[(long.task == task) & (long.scale == scale) & (long.problem == problem)]
         # plain text columns: grouping by a categorical would add every unobserved combination

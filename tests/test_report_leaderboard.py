@@ -98,14 +98,14 @@ def test_incomplete_runs_are_ignored(store):
     markdown, report_dir = write_leaderboard(store, plots=False, all_code=True)
     assert incomplete.name not in set(pd.read_parquet(report_dir / "results.parquet")["run_id"])
     row = _row(markdown, "llm · tiny · defaults", "spam")
-    assert row[3] == "99.43" and row[5] == "3"  # (98.7 + 99.5 + 100.1) / 3 over the 3 complete seeds, not 4
+    assert row[5] == "99.43" and row[7] == "3"  # (98.7 + 99.5 + 100.1) / 3 over the 3 complete seeds, not 4
 
 
 def test_diverged_runs_are_counted_not_averaged(store):
     markdown, _ = write_leaderboard(store, plots=False, all_code=True)
-    rank, _, _, mean, ci, seeds, diverged, *_ = _row(markdown, "llm · tiny · defaults", "adam")
+    rank, _, _, lr, protocol, mean, ci, seeds, diverged, *_ = _row(markdown, "llm · tiny · defaults", "adam")
     assert (mean, ci, seeds, diverged) == ("103.7", "[103.4, 104]", "2", "1")  # seeds 0 and 1 only
-    assert rank == "3"
+    assert (rank, lr, protocol) == ("n<3", "0.001", "defaults")  # 2 complete seeds: shown, not ranked
 
 
 def test_filters_by_task_optimizer_and_scale(store):
