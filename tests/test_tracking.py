@@ -32,7 +32,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SMOKE = ["--task", "spikes", "--opt", "adamw", "--scale", "smoke"]
 # What a summary measures about the process rather than the run: the clock, and the process's peak
 # memory, which only grows within one test process (and grows with a tracker library loaded).
-MEASURED = {"wall_time_s", "peak_memory_bytes"}
+MEASURED = {"wall_time_s", "peak_memory_bytes", "time_split_s"}
 
 
 @pytest.fixture(autouse=True)
