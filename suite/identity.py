@@ -115,8 +115,15 @@ def _package_of(module: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "spam_bench" and len(parts) > 1 else parts[0]
 
 
+@cache
+def _distributions() -> dict[str, list[str]]:
+    """Top-level import name -> distributions: a scan of every installed package's metadata (seconds
+    on a full environment), so once per process, and only for a plug-in from outside spam-bench."""
+    return dict(packages_distributions())
+
+
 def _distribution(module: str) -> str | None:
-    dists = packages_distributions().get(module.split(".")[0])
+    dists = _distributions().get(module.split(".")[0])
     return dists[0] if dists else None
 
 
@@ -134,8 +141,7 @@ def component_hash(module: str) -> str:
     if not modules:
         return "unknown"
     text = _hash_files(_named_files(modules))
-    dist = _distribution(module)
-    if module.split(".")[0] != "spam_bench" and dist:
+    if module.split(".")[0] != "spam_bench" and (dist := _distribution(module)):
         text += f"+{dist}=={_version(dist)}"
     return text
 
