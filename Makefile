@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep report leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep sensitivity report leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -66,6 +66,14 @@ bench: $(STAMP)
 # e.g. make sweep TASK=llm OPTS=spam,adamw SEEDS=0-4 GRID='lr=1e-3,3e-3' SWEEP_ARGS='--address auto'
 sweep: $(STAMP)
 	$(BIN)/spambench sweep --task $(TASK) --opt $(OPTS) --seeds $(SEEDS) --scale $(SCALE) $(GRID_FLAGS) $(SET_FLAGS) $(OUT_FLAG) $(TRACK_FLAG) $(SWEEP_ARGS)
+
+# LR sensitivity (docs/architecture.md#lr-sensitivity): a sweep of the lr over LRS (A..B:N = N log-spaced
+# lrs, or a comma list), e.g. make sensitivity TASK=spikes SCALE=smoke LRS=1e-4..1e-1:7; then make report.
+# OPTS given on the command line wins over SENSITIVITY_OPTS (sweep's OPTS default is adamw,spam).
+SENSITIVITY_OPTS ?= adamw,adam_clip,spam
+LRS ?= 1e-4..1e-1:7
+sensitivity: $(STAMP)
+	$(BIN)/spambench sensitivity --task $(TASK) --opt $(if $(filter command line environment,$(origin OPTS)),$(OPTS),$(SENSITIVITY_OPTS)) --lrs=$(LRS) --seeds $(SEEDS) --scale $(SCALE) $(SET_FLAGS) $(OUT_FLAG) $(TRACK_FLAG) $(SWEEP_ARGS)
 
 report: $(STAMP)
 	$(BIN)/spambench report $(OUT_FLAG)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from spam_bench.reports import html, leaderboard
+from spam_bench.reports import html, leaderboard, sensitivity
 from spam_bench.reports.summary import (
     current_code,
     load_runs,
@@ -164,6 +164,7 @@ def write_leaderboard(
     table = leaderboard.entries(runs, tuned) if not runs.empty else pd.DataFrame()
     _write_entries(table, report_dir)
 
+    lr_studies = sensitivity.studies(runs, long)  # LR-sensitivity studies (reports/sensitivity.py), if any
     images: set[str] = set()
     if plots and not runs.empty:
         import matplotlib
@@ -176,11 +177,24 @@ def write_leaderboard(
         # (rcParam text.parse_math, https://matplotlib.org/stable/users/explain/customizing.html).
         with matplotlib.rc_context({"text.parse_math": False}):
             images |= spikes.plot_traces(long, runs, report_dir)
+        if lr_studies:
+            from spam_bench.reports import sensitivity_plot
+
+            images |= sensitivity_plot.write_all(
+                lr_studies, figures.palette(list(runs["optimizer"].unique())), report_dir
+            )
     filters = ", ".join(
         [f"{k}={v}" for k, v in (("task", task), ("opt", opt), ("scale", scale), ("since", since)) if v]
         + ([code_note] if code_note else [])
     )
-    blocks = leaderboard.build(runs, filters=filters, images=images, inapplicable=inapplicable, tuned=tuned)
+    blocks = leaderboard.build(
+        runs,
+        filters=filters,
+        images=images,
+        inapplicable=inapplicable,
+        tuned=tuned,
+        task_sections=sensitivity.blocks(lr_studies, images),
+    )
     markdown = leaderboard.to_markdown(blocks)
     (report_dir / "leaderboard.md").write_text(markdown)
     (report_dir / "leaderboard.html").write_text(html.render(blocks, report_dir))

@@ -457,12 +457,14 @@ def build(
     inapplicable: pd.DataFrame | None = None,
     malformed: int | None = None,
     tuned: TuningRecords | None = None,
+    task_sections: Mapping[str, list[Block]] | None = None,
 ) -> list[Block]:
     """The whole leaderboard as blocks; `images` names the PNGs that exist (others are not linked);
     `inapplicable` holds the runs an optimizer refused (status not_applicable), named per task;
     `malformed` counts the run folders `summary.load_runs` skipped (default: what it recorded in
     `runs.attrs`), said in the header so that a reader knows the tables are missing runs; `tuned`
-    holds the tuning records that mark the tuned protocol's entries (`entries`)."""
+    holds the tuning records that mark the tuned protocol's entries (`entries`); `task_sections` adds blocks
+    at the end of a task's section (the LR-sensitivity studies of reports/sensitivity.py)."""
     images = images if images is not None else set()
     inapplicable = inapplicable if inapplicable is not None else pd.DataFrame(columns=["task"])
     malformed = int(runs.attrs.get(MALFORMED_ATTR, 0)) if malformed is None else malformed
@@ -508,6 +510,7 @@ def build(
             blocks += [Block("h3", f"{task} · {scale} · {problem}"), Block("table", table=_entry_table(g))]
             blocks += [Block("img", name) for name in (f"curves-{slug}.png", f"final-{slug}.png") if name in images]
             blocks += paper.blocks(task, scale, problem, g)
+        blocks += (task_sections or {}).get(task, [])
     for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
         blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
 
