@@ -1,4 +1,4 @@
-"""`spambench`: run | sweep | tune | report | list | perf | fetch-data.
+"""`spambench`: run | sweep | sensitivity | tune | report | list | perf | fetch-data.
 
 Every user error (unknown name, bad value, malformed flag) prints ONE line naming the field, the
 value and what is allowed, exits with status 2, and writes nothing.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     run.add_argument("--force", action="store_true", help="discard an existing run folder and start over")
     run.add_argument(
+        "--nproc",
+        default=None,
+        help="data-parallel processes for this one run, launched with torchrun (tasks llm and llm4bit)",
+    )
+    run.add_argument(
         "--keep-checkpoint",
         action="store_true",
         help="keep a completed run's last checkpoint (default: deleted once the summary is written), to train it on later",
@@ -113,6 +119,26 @@ def _parser() -> argparse.ArgumentParser:
     _ray_flags(sw)
     sw.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
     _file_flags(sw)
+
+    sn = sub.add_parser(
+        "sensitivity",
+        help="LR sensitivity: a sweep of the learning rate (optimizers x --lrs x seeds) on Ray Tune; "
+        "`spambench report` then adds its section",
+    )
+    sn.add_argument("--task", required=True)
+    sn.add_argument("--opt", help="comma-separated optimizers, e.g. adamw,adam_clip,spam (or opt: in --config)")
+    sn.add_argument(
+        "--lrs",
+        required=True,
+        help="A..B:N = N log-spaced lrs from A to B inclusive (3 significant digits), or a comma list of lrs",
+    )
+    sn.add_argument("--seeds", help="seed ranges and lists (default 0-2: the CI bands need seeds)")
+    sn.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run; repeatable")
+    sn.add_argument("--scale", default="tiny", help="a scale of the task or a path to your own scale .yaml")
+    sn.add_argument("--device", default="cpu")
+    _ray_flags(sn)
+    sn.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
+    _file_flags(sn)
 
     tn = sub.add_parser(
         "tune", help="the same number of quasi-random trials per optimizer from its search space (ASHA)"
@@ -165,12 +191,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from spam_bench.runners.local import execute
+    from spam_bench.suite.distributed import World
     from spam_bench.suite.resolve import resolve
     from spam_bench.suite.results import RunStore
     from spam_bench.suite.tracking import TrackSettings, tracked_recorder
 
     file = load_config(args.config, "run") if args.config else FileConfig()
     track, every = _tracking(args, file)
+    nproc = _nproc(args)
     run = resolve(
         task=args.task,
         optimizer=args.opt,
@@ -180,16 +208,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     store = RunStore(out_root(args.out))
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # everything checked here: now torchrun's processes
+        run.task.check_world(run.config, nproc)  # type: ignore[attr-defined]  # distributed tasks have it
+        return _launch_torchrun(nproc, args.argv)
+    world = World.from_env(args.device)
+    if world.active and not getattr(run.task, "distributed", False):
+        raise ConfigError("nproc", world.size, f"1 for task {args.task} (data-parallel tasks: llm, llm4bit)")
     recorder_cls = tracked_recorder(TrackSettings(track, group=args.task, every=every))
     try:
         summary, run_dir, cached = execute(
-            run, store, force=args.force, recorder_cls=recorder_cls, keep_checkpoint=args.keep_checkpoint
+            run,
+            store,
+            force=args.force,
+            recorder_cls=recorder_cls,
+            keep_checkpoint=args.keep_checkpoint,
+            world=world,
         )
     except KeyboardInterrupt:
         saved = (store.run_dir(run.spec.task, run.spec.run_id) / "checkpoint.pt").exists()
         where = "from its checkpoint" if saved else "(no checkpoint yet: it starts over)"
         print(f"\ninterrupted: run the same command again to resume {run.spec.run_id} {where}", file=sys.stderr)
         return 130
+    world.close()  # after success only: a failed rank exits and torchrun stops the others
+    if not world.is_main:
+        return 0  # rank 0 prints the result
     metric, value = summary["primary_metric"], summary.get("value")
     shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
     status = "already complete" if cached else summary["status"]
@@ -202,6 +244,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {run_dir}"
     )
     return 0
+
+
+def _nproc(args: argparse.Namespace) -> int:
+    """--nproc N (default 1), checked before anything starts."""
+    from spam_bench.suite.config import coerce
+
+    if args.nproc is None:
+        return 1
+    nproc = coerce("nproc", args.nproc, int)
+    if not 1 <= nproc <= 1024:
+        raise ConfigError("nproc", nproc, "an int from 1 to 1024")
+    if nproc > 1 and not getattr(TASKS.get(args.task), "distributed", False):
+        raise ConfigError("nproc", nproc, f"1 for task {args.task} (data-parallel tasks: llm, llm4bit)")
+    return nproc
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """This same command in `nproc` processes under torchrun (torch.distributed.run, standalone: one
+    machine, a free port); for several machines, run `torchrun ... -m spam_bench.runners.cli run ...`."""
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.run([*cmd, "-m", "spam_bench.runners.cli", *rest]).returncode
 
 
 def _ray_options(args: argparse.Namespace, out: Path, name: str) -> SweepOptions:
@@ -293,6 +364,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from spam_bench.runners.ray_tune import sweep
 
     return _print_trials(sweep(pending, options), options.name, store.root / "runs" / args.task)
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    """A sweep (`_cmd_sweep`, the same store and Ray flags) whose grid is the lr over `--lrs`."""
+    from spam_bench.suite.lr_grid import parse_lrs
+
+    lrs = parse_lrs(args.lrs)
+    if "lr" in parse_assignments(args.set):
+        raise ConfigError("--set", f"lr={parse_assignments(args.set)['lr']}", "no lr: --lrs gives the lrs")
+    if args.seeds is None:
+        file = load_config(args.config, "sweep") if args.config else FileConfig()
+        args.seeds = file.seeds or "0-2"
+    print(f"sensitivity: lr in {', '.join(f'{lr:g}' for lr in lrs)} ({len(lrs)} lrs)")
+    args.grid, args.from_tuning = [f"lr={','.join(repr(lr) for lr in lrs)}"], False
+    return _cmd_sweep(args)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -443,6 +529,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": _cmd_run,
     "sweep": _cmd_sweep,
+    "sensitivity": _cmd_sensitivity,
     "tune": _cmd_tune,
     "report": _cmd_report,
     "list": _cmd_list,
@@ -459,7 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["check-optimizer"]:
         return _cmd_check(argparse.Namespace(check_args=argv[1:]))
     args = _parser().parse_args(argv)
-    if args.command in ("run", "sweep", "tune") and args.device == "cpu":
+    args.argv = argv
+    if args.command in ("run", "sweep", "sensitivity", "tune") and args.device == "cpu":
         # The tiny scale never needs the hub; fail in a second instead of retrying for half a minute.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from spam_bench.suite.distributed import SINGLE, World
 from spam_bench.suite.instruments import Instruments
 from spam_bench.suite.interrupt import StopRequest
 from spam_bench.suite.model_info import ModelInfo
@@ -36,8 +37,16 @@ from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
 
 
 class RunContext:
-    def __init__(self, run: ResolvedRun, recorder: RunRecorder | None, stop: StopRequest, config: Any = None):
+    def __init__(
+        self,
+        run: ResolvedRun,
+        recorder: RunRecorder | None,
+        stop: StopRequest,
+        config: Any = None,
+        world: World = SINGLE,
+    ):
         self.run, self.recorder, self._stop = run, recorder, stop
+        self.world = world  # a data-parallel run's processes (suite/distributed.py); rank 0 records
         self.spec, self.config = run.spec, config if config is not None else run.config
         self.seed: int = run.spec.seed
         self.device = torch.device(run.spec.device)
@@ -137,6 +146,8 @@ class RunContext:
         (which consume random numbers) and before training, exactly where it saved.
         """
         state = self.recorder.load_checkpoint() if self.recorder is not None else None
+        if self.world.active:  # rank 0 read (or set aside) the checkpoint: every rank resumes from it
+            state = self.world.broadcast(state)
         if state is None:
             return None
         self._suite_state = state["suite"]
@@ -159,6 +170,7 @@ class RunContext:
             dynamic_ncols=True,
             mininterval=1.0,
             desc=f"{self.spec.task} {self.spec.optimizer}",
+            disable=not self.world.is_main,  # one bar per run: rank 0's
         )
 
     # --- for the summary ---
@@ -170,6 +182,7 @@ class RunContext:
             "n_params": self.n_params,
             **self.run.clip.record(),
             "time_split_s": self.clock.split(),
+            "world_size": self.world.size,
         }
         if self.instruments is not None and self.recorder is not None:
             out.update(self.instruments.summary(self.recorder.dir))

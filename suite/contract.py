@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from spam_bench.suite.distributed import World
+
 Direction = Literal["min", "max"]
 
 
@@ -70,6 +72,7 @@ class Context(Protocol):
     config: Any
     seed: int
     device: torch.device
+    world: World  # data-parallel processes of this run (suite/distributed.py); World() when alone
 
     @property
     def instruments(self) -> StepInstruments | None: ...

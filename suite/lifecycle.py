@@ -18,12 +18,14 @@ run only reads, and takes no lock.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from spam_bench.suite.context import RunContext
+from spam_bench.suite.distributed import SINGLE, World
 from spam_bench.suite.environment import describe
 from spam_bench.suite.errors import NOT_APPLICABLE, ConfigError, NotApplicable
 from spam_bench.suite.identity import changed_parts
@@ -91,6 +93,7 @@ def execute(
     say: Callable[[str], None] = _say,
     wait: float | None = None,
     keep_checkpoint: bool = False,
+    world: World = SINGLE,
 ) -> tuple[dict[str, Any], Path, bool]:
     """Run (or resume, or reuse) one spec; returns (summary, run folder, whether it was reused).
 
@@ -99,11 +102,66 @@ def execute(
     it to finish first (math.inf: as long as it takes), then reuses what it completed.
     `keep_checkpoint`: keep the last checkpoint of a run that completes (to train it on later);
     a reused complete run is left as it is.
+    `world`: a data-parallel run's processes (suite/distributed.py). Rank 0 does all of the above and
+    tells the other ranks whether to train; they keep nothing and return rank 0's summary.
     """
+    world.agree("spec", json.dumps(run.spec.canonical(), sort_keys=True))
+    world.agree("code fingerprint", str(run.code["id"]))
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
-    if not force and RunStore.is_complete(run_dir) and _is_current(run, run_dir):
+    if not world.is_main:
+        return _follow(run, run_dir, world)
+    try:
+        reused = not force and RunStore.is_complete(run_dir) and _is_current(run, run_dir)
+    except BaseException:
+        world.broadcast("failed")
+        raise
+    if reused:
+        world.broadcast("reused")
         return read_json(run_dir / SUMMARY), run_dir, True  # only read: no lock needed
-    with RunLock(run_dir, run.spec.run_id, wait=wait, say=say) as lock:
+    result = _locked(run, store, run_dir, force, recorder_cls, say, wait, keep_checkpoint, world)
+    # The other ranks return once the summary is written. A failure skips this: the process exits
+    # and torchrun stops the other ranks, rather than every rank waiting in mismatched collectives.
+    world.barrier()
+    return result
+
+
+def _follow(run: ResolvedRun, run_dir: Path, world: World) -> tuple[dict[str, Any], Path, bool]:
+    """A rank other than 0: train alongside rank 0 when it says so, keeping nothing."""
+    decision = world.broadcast(None)
+    if decision == "failed":
+        raise ConfigError("nproc", world.size, "a run rank 0 could start (see rank 0's error above)")
+    if decision == "train":
+        with deferred_interrupt() as stop:
+            ctx = RunContext(run, None, stop, world=world)
+            try:
+                run.task.run(ctx)
+            except NotApplicable:
+                pass
+            finally:
+                ctx.close()
+    world.barrier()
+    return (read_json(run_dir / SUMMARY) if RunStore.is_complete(run_dir) else {}), run_dir, decision == "reused"
+
+
+def _locked(
+    run: ResolvedRun,
+    store: RunStore,
+    run_dir: Path,
+    force: bool,
+    recorder_cls: type[RunRecorder],
+    say: Callable[[str], None],
+    wait: float | None,
+    keep_checkpoint: bool,
+    world: World,
+) -> tuple[dict[str, Any], Path, bool]:
+    """Rank 0 (or the only process): take the run's lock, tidy or set aside its folder, run it."""
+    try:
+        lock = RunLock(run_dir, run.spec.run_id, wait=wait, say=say).acquire()
+    except BaseException:
+        world.broadcast("failed")
+        raise
+    decision = "train"
+    try:
         # The folder may only be moved or cleaned by its lock holder. Moving it (set aside, discard)
         # takes our lock file along, so the lock is taken again at the same path.
         if force:
@@ -116,8 +174,18 @@ def execute(
                 lock.retake()
                 (kept / LOCK).unlink(missing_ok=True)  # our old lock file went along with the folder
             if RunStore.is_complete(run_dir):  # completed by the holder we waited for
-                return read_json(run_dir / SUMMARY), run_dir, True
-        return _run(run, run_dir, recorder_cls, say, lock, keep_checkpoint)
+                decision = "reused"
+    except BaseException:
+        world.broadcast("failed")
+        lock.release()
+        raise
+    world.broadcast(decision)
+    try:
+        if decision == "reused":
+            return read_json(run_dir / SUMMARY), run_dir, True
+        return _run(run, run_dir, recorder_cls, say, lock, keep_checkpoint, world)
+    finally:
+        lock.release()
 
 
 def _run(
@@ -127,6 +195,7 @@ def _run(
     say: Callable[[str], None],
     lock: RunLock,
     keep_checkpoint: bool,
+    world: World,
 ) -> tuple[dict[str, Any], Path, bool]:
     """Resume or start the run in `run_dir`, whose lock this process holds."""
     recorder = recorder_cls(run_dir, run.record())
@@ -135,7 +204,7 @@ def _run(
     ctx: RunContext | None = None
     try:
         with deferred_interrupt() as stop:
-            ctx = RunContext(run, recorder, stop)
+            ctx = RunContext(run, recorder, stop, world=world)
             try:
                 result = run.task.run(ctx)
                 outcome: dict[str, Any] = {

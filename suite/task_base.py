@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from spam_bench.suite.config import load_yaml
 from spam_bench.suite.contract import TaskOffers
@@ -26,6 +26,8 @@ class TaskBase:
     direction: Literal["min", "max"]
     config_dir: Path
     libraries: tuple[str, ...] = field(default=())
+    # Whether a run may train data-parallel (`spambench run --nproc N`, suite/distributed.py).
+    distributed: ClassVar[bool] = False
 
     def scales(self) -> list[str]:
         return sorted(p.stem for p in self.config_dir.glob("*.yaml"))

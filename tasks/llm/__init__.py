@@ -44,6 +44,12 @@ def build_data(config: LLMConfig, seed: int) -> Any:
 
 
 class LLMTask(TaskBase):
+    distributed = True  # data-parallel with --nproc (suite/distributed.py; llm4bit inherits it)
+
+    def check_world(self, config: LLMConfig, size: int) -> None:
+        """Refuse a world the batch cannot be split over, before any process starts."""
+        config.rank_micro_batch(size)
+
     def run(self, ctx: RunContext) -> TaskResult:
         from spam_bench.tasks.llm.train import Trainer
 

@@ -64,6 +64,18 @@ class LLMConfig(RunFields):
     def micro_batch(self) -> int:
         return self.micro_batch_size or self.batch_size
 
+    def rank_micro_batch(self, world_size: int) -> int:
+        """The micro-batch of one of `world_size` data-parallel ranks: each rank has batch_size /
+        world_size rows, in micro-batches of at most `micro_batch` (a memory cap, not a number that
+        changes the update: the loss is the global batch's mean either way)."""
+        if self.batch_size % world_size:
+            raise ConfigError("nproc", world_size, f"a divisor of batch_size={self.batch_size}")
+        rows = self.batch_size // world_size
+        micro = min(self.micro_batch, rows)
+        if rows % micro:
+            raise ConfigError("nproc", world_size, f"a world leaving whole micro-batches of {micro} per rank")
+        return micro
+
     def validate(self) -> None:
         if self.hidden_size % self.n_heads:
             raise ConfigError("n_heads", self.n_heads, f"a divisor of hidden_size={self.hidden_size}")

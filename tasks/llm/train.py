@@ -10,12 +10,14 @@ run is bit-identical.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from spam_bench.suite.context import RunContext
 from spam_bench.suite.contract import TaskResult
@@ -59,6 +61,17 @@ def evaluate(model: Llama, data: Any, device: torch.device) -> float:
     return total / max(count, 1)
 
 
+class _Loss(torch.nn.Module):
+    """The model's loss as a module's forward: DDP synchronises gradients of what its forward computes."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(x, y)
+
+
 class Trainer:
     """One run of the llm task; `build_model` is swappable so llm4bit can quantize the linears."""
 
@@ -78,36 +91,54 @@ class Trainer:
         self.step = 0
         self.val_loss = float("nan")
         self.diverged_step: int | None = None
+        # Data-parallel (suite/distributed.py): each rank trains on its rows of the global batch and DDP
+        # averages the gradients, so the update is the one-process update up to summation order.
+        self.world = ctx.world
+        self.micro = c.rank_micro_batch(self.world.size)
+        self.rows = self.world.shard(c.batch_size)
+        self.ddp = DistributedDataParallel(_Loss(self.model)) if self.world.active else None
 
     def state(self) -> dict[str, Any]:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "val_loss": self.val_loss,
         }
+        if hasattr(self.data, "state_dict"):  # a streamed source's position (C4); the tiny corpus has none
+            state["data"] = self.data.state_dict()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.val_loss = state["step"], state["val_loss"]
+        if "data" in state:
+            self.data.load_state_dict(state["data"])
 
     def train_step(self) -> float:
         """One update (with accumulation); returns the mean loss."""
-        c = self.config
         with self.ctx.timed("data"):
             x, y = self.data.train_batch(self.step)
-        n_micro = c.batch_size // c.micro_batch
+        x, y = x[self.rows], y[self.rows]  # all of it in a world of one
+        m = self.micro
+        n_micro = x.shape[0] // m
         loss_sum = 0.0
         with self.ctx.timed("forward_backward"):
             for i in range(n_micro):
-                xs = x[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
-                ys = y[i * c.micro_batch : (i + 1) * c.micro_batch].to(self.device)
-                loss = self.model.loss(xs, ys) / n_micro
-                loss.backward()
+                xs = x[i * m : (i + 1) * m].to(self.device)
+                ys = y[i * m : (i + 1) * m].to(self.device)
+                if self.ddp is None:
+                    loss = self.model.loss(xs, ys) / n_micro
+                    loss.backward()
+                else:  # gradients are averaged over the ranks once, at the last micro-batch
+                    with self.ddp.no_sync() if i < n_micro - 1 else contextlib.nullcontext():
+                        loss = self.ddp(xs, ys) / n_micro
+                        loss.backward()
                 loss_sum += float(loss.detach())
+        loss_sum = self.world.mean(loss_sum)  # the global batch's loss, the same on every rank
         self.ctx.step(loss_sum, self.scheduler)
         return loss_sum
 
