@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -65,3 +66,28 @@ def sigkill_when(
     assert run_dir is not None, "the run finished before it could be killed; make it longer"
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
     return run_dir
+
+
+# Headless Chromium for the report's HTML checks (Debian: apt-get install chromium; .ci/run installs it).
+CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+
+
+def run_chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+    """Open `page` in a headless Chromium with a throw-away profile, nothing fetched from the network,
+    and `mode` (e.g. --screenshot=..., --dump-dom)."""
+    assert CHROMIUM is not None
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *mode,
+        page.as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)

@@ -5,18 +5,17 @@ Needs Debian's `chromium` package (.ci/run installs it); the test installs nothi
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, run_chromium
 
 from spam_bench.reports.build import write_leaderboard
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` skips them
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_runs" / "runs"
-CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
 BEST_ROW = np.array([227, 244, 225])  # tr.best background (#e3f4e1) in reports/html.py
 PLOT_BLUE = np.array([31, 119, 180])  # matplotlib's first colour: the first optimizer's markers and lines
 
@@ -36,22 +35,9 @@ def test_html_page_renders_tables_and_plots_in_headless_chromium(tmp_path):
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)  # self-contained: nothing to fetch
 
     shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1280,2000",
-        (report_dir / "leaderboard.html").as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    proc = run_chromium(
+        report_dir / "leaderboard.html", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000"
+    )
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
 
     import matplotlib.image

@@ -3,12 +3,12 @@ checked in headless Chromium as tests/test_report_html.py checks the page."""
 
 import math
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, run_chromium
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +16,6 @@ from spam_bench.runners.cli import main
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.lr_grid import parse_lrs
 from spam_bench.suite.results import read_json
-
-CHROMIUM = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
 
 PARSED = [
     ("1e-4..1e-1:7", [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]),
@@ -125,21 +123,7 @@ def test_an_accepted_study_is_a_sweep_of_the_lr_with_seeds_0_2_by_default(out_di
 
 
 def _chromium(page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess:
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / 'profile'}",
-        *mode,
-        page.as_uri(),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    return run_chromium(page, tmp / "profile", *mode)
 
 
 def _find(shot: np.ndarray, figure: np.ndarray, tol: int = 8) -> tuple[int, int] | None:
