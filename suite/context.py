@@ -163,6 +163,9 @@ class RunContext:
         return self._stop.requested
 
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> Any:
+        # One bar per run: rank 0's. `disable` is passed only to turn a bar off, so that tqdm's own
+        # TQDM_DISABLE (read for arguments left unset) still works.
+        off = {} if self.world.is_main else {"disable": True}
         return tqdm(
             total=total,
             initial=initial,
@@ -170,7 +173,7 @@ class RunContext:
             dynamic_ncols=True,
             mininterval=1.0,
             desc=f"{self.spec.task} {self.spec.optimizer}",
-            disable=not self.world.is_main,  # one bar per run: rank 0's
+            **off,
         )
 
     # --- for the summary ---

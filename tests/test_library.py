@@ -64,6 +64,7 @@ NOTEBOOK = MY_LION + textwrap.dedent("""
 @pytest.fixture(autouse=True)
 def _registry_as_it_was():
     """What a test registers in this process must not leak into other tests' listings."""
+    OPTIMIZERS.names()  # loaded first: restoring a snapshot of a registry not yet loaded would empty it
     saved = dict(OPTIMIZERS._items), dict(OPTIMIZERS._modules), dict(OPTIMIZERS.local)
     yield
     OPTIMIZERS._items, OPTIMIZERS._modules, OPTIMIZERS.local = saved
