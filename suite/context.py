@@ -165,7 +165,7 @@ class RunContext:
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> Any:
         # One bar per run: rank 0's. `disable` is passed only to turn a bar off, so that tqdm's own
         # TQDM_DISABLE (read for arguments left unset) still works.
-        off = {} if self.world.is_main else {"disable": True}
+        off: dict[str, Any] = {} if self.world.is_main else {"disable": True}
         return tqdm(
             total=total,
             initial=initial,
