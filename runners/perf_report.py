@@ -124,10 +124,10 @@ def _template(optimizer: str, variant: int) -> Template:
             log(step, "val", "ppl", math.exp(val))
     body = ("\n".join(lines) + "\n").encode()
     rows = len(lines) + step_log.position()["rows"]
-    step_log.finish()
+    parquet: list[bytes] = []
     with scratch:
-        steps = (Path(scratch.name) / STEPS_FILE).read_bytes()
-    return Template(body, steps, rows, math.exp(val), round(wall + 0.5, 3), spikes, resets)
+        step_log.finish(lambda _path, data: parquet.append(data))  # the bytes a run folder gets
+    return Template(body, parquet[0], rows, math.exp(val), round(wall + 0.5, 3), spikes, resets)
 
 
 def _code_ids() -> dict[str, dict[str, Any] | None]:

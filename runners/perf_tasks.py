@@ -18,6 +18,7 @@ package rename onwards) can be compared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from spam_bench.suite.phase_clock import PHASES
+from spam_bench.suite.registry import TASKS
 
 # Per task: the shortened tiny run (a few percent of the full one, past its warm-up and first
 # evaluation) and the unit its throughput is counted in.
@@ -59,7 +61,9 @@ class Measured:
 
 
 def _threads_flag(task: str) -> list[str]:
-    return ["--set", "threads=1"] if task in ("llm", "llm4bit", "tsf", "vision") else []
+    """One torch thread, for the tasks whose config has the field (rl sets one thread itself)."""
+    fields = {f.name for f in dataclasses.fields(TASKS.get(task).config_cls)}
+    return ["--set", "threads=1"] if "threads" in fields else []
 
 
 # Runs the console script of the tree on PYTHONPATH, with this checkout's editable-install finder

@@ -105,8 +105,9 @@ def execute(
     `world`: a data-parallel run's processes (suite/distributed.py). Rank 0 does all of the above and
     tells the other ranks whether to train; they keep nothing and return rank 0's summary.
     """
-    world.agree("spec", json.dumps(run.spec.canonical(), sort_keys=True))
-    world.agree("code fingerprint", str(run.code["id"]))
+    if world.active:
+        world.agree("spec", json.dumps(run.spec.canonical(), sort_keys=True))
+        world.agree("code fingerprint", str(run.code["id"]))
     run_dir = store.run_dir(run.spec.task, run.spec.run_id)
     if not world.is_main:
         return _follow(run, run_dir, world)

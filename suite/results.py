@@ -375,7 +375,7 @@ class RunRecorder:
     def finish(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         self._metrics.flush()
         self._metrics.close()
-        self._steps.finish()  # before the summary: a complete run has its steps.parquet
+        self._steps.finish(atomic_write_bytes)  # before the summary: a complete run has its steps.parquet
         record = dict(summary, wall_time_s=round(self.wall, 3))
         atomic_write_json(self.dir / SUMMARY, record)
         for sink in self.sinks:  # after the summary is safe on disk; their time is not the run's

@@ -19,6 +19,7 @@ evenly thinned trace of at most `TRACE_ROWS` steps for figures. A tiny rl run's 
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from collections import deque
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from spam_bench.suite.model_info import ModelInfo
+from spam_bench.suite.results import atomic_write_bytes
 
 COARSE_ROLE = {
     "embedding": "embedding",
@@ -213,7 +215,10 @@ class GssRecord:
         return counts
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, rows=np.int64(self.rows), **{k: getattr(self, k) for k in _ARRAYS})
+        """Atomically, like every file of the store (a full disk is one line, nothing half-written)."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, rows=np.int64(self.rows), **{k: getattr(self, k) for k in _ARRAYS})
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> GssRecord:

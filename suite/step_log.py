@@ -14,7 +14,7 @@ float32 values: the telemetry is computed from float32 gradients, so nothing is 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -74,9 +74,10 @@ class StepLog:
             file.seek(0, os.SEEK_END)
         self.names, self._index = names, {n: i for i, n in enumerate(names)}
 
-    def finish(self) -> None:
-        """Rows -> steps.parquet (written atomically). The raw file stays until the run's summary is
-        written (suite/lifecycle.py removes it with the checkpoint): a crash in between resumes."""
+    def finish(self, write: Callable[[Path, bytes], None]) -> None:
+        """Rows -> steps.parquet, written by `write` (the store's atomic write, suite/results.py, which
+        also turns a full disk into one line). The raw file stays until the run's summary is written
+        (suite/lifecycle.py removes it with the checkpoint): a crash in between resumes."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -90,10 +91,9 @@ class StepLog:
                 "value": pa.array(rows["value"]),
             }
         )
-        final = self.path.with_name(FINAL)
-        tmp = final.with_name(f".{FINAL}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, final)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        write(self.path.with_name(FINAL), buffer.getvalue().to_pybytes())
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spam_bench.suite.results import atomic_write_bytes
 from spam_bench.suite.step_log import FINAL, RAW, ROW, SPLIT, StepLog, position_problem, read_steps
 
 
@@ -19,7 +20,7 @@ def test_rows_are_ten_bytes_and_a_resume_drops_what_came_after_the_checkpoint(tm
     resumed = StepLog(tmp_path)
     resumed.restore(saved)
     resumed.append(2, {"grad_norm": 7.0, "optimizer_reset": 1.0})
-    resumed.finish()
+    resumed.finish(atomic_write_bytes)
     assert read_steps(tmp_path) == [
         {"step": 1, "split": SPLIT, "name": "grad_norm", "value": 1.5, "wall": None},
         {"step": 1, "split": SPLIT, "name": "grad_max/mlp", "value": 0.25, "wall": None},
@@ -34,7 +35,7 @@ def test_a_run_without_telemetry_writes_no_raw_file_and_an_empty_table(tmp_path)
     log = StepLog(tmp_path)
     log.restore(None)
     assert not (tmp_path / RAW).exists()
-    log.finish()
+    log.finish(atomic_write_bytes)
     assert read_steps(tmp_path) == []
 
 

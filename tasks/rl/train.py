@@ -157,11 +157,11 @@ class _Boundaries(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         self.trainer.boundary(final=False)
-        self._rollout = self.trainer.ctx.timed("data")  # collecting a rollout: simulation and policy inference
-        self._rollout.__enter__()
+        self._rollout_from = time.perf_counter()
 
     def _on_rollout_end(self) -> None:
-        self._rollout.__exit__(None, None, None)
+        # Collecting a rollout (simulation and policy inference) is the run's "data" time.
+        self.trainer.ctx.clock.add("data", time.perf_counter() - self._rollout_from)
 
 
 class Trainer:
