@@ -10,7 +10,7 @@ VENV ?= .venv
 TORCH_VERSION := 2.13.0
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= torch==$(TORCH_VERSION) $(if $(HAS_NVIDIA),,--index-url https://download.pytorch.org/whl/cpu)
-EXTRAS ?= rl,tsf,ray,zoo,report,vision,track,dev
+EXTRAS ?= rl,tsf,ray,zoo,report,vision,track,cloud,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.spam-bench-installed
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | sha256sum | cut -c1-12)
