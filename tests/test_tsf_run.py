@@ -77,6 +77,29 @@ def test_tiny_run_of_each_estimator_trains_and_beats_a_constant_forecast(model, 
     assert any(split == "test" and name == "mse" for _, split, name, _ in _curve(run_dir))
 
 
+def test_patchtst_on_squared_error_with_instance_norm_as_the_papers_train_it(out_dir, capsys):
+    from spam_bench.tasks.tsf.point_head import SquaredErrorOutput
+
+    # the head's loss is the squared error of the point scaled back to the data's units
+    target, point = torch.tensor([[1.0, -2.0]]), torch.tensor([[[0.5], [0.25]]])
+    loc, scale = torch.tensor([[0.5]]), torch.tensor([[2.0]])
+    expected = (target - (point.squeeze(-1) * scale + loc)) ** 2
+    assert torch.equal(SquaredErrorOutput().loss(target, (point,), loc=loc, scale=scale), expected)
+
+    assert main(_argv(out_dir, *_sets(loss="mse", scaling="std"))) == 0
+    summary = read_json(_only_run_dir(out_dir) / "summary.json")
+    assert summary["status"] == "complete" and (summary["loss"], summary["scaling"]) == ("mse", "std")
+    assert 0 < summary["value"] == summary["test_mse"] < _mse_of_forecasting_zero()
+    # a point forecast stands at every quantile level, so the weighted quantile loss is the ND
+    assert summary["test_wql"] == pytest.approx(summary["test_nd"], rel=1e-6)
+    losses = [v for _, split, name, v in _curve(_only_run_dir(out_dir)) if split == "train" and name == "loss"]
+    assert len(losses) == 20 and min(losses) >= 0  # a squared error (a Student-t NLL can go negative)
+
+    capsys.readouterr()
+    assert main(_argv(out_dir / "refused", *_sets(model="deepar", loss="mse"))) == 2
+    assert capsys.readouterr().err == "spambench: error: loss: invalid value 'mse' (allowed: nll unless model=patchtst)\n"
+
+
 def test_the_suite_optimizer_is_the_one_stepping(out_dir):
     created, steps = [], []
 

@@ -10,6 +10,8 @@ from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.spike_config import RunFields
 
 MODELS = ("patchtst", "deepar", "simple_feedforward")
+LOSSES = ("nll", "mse")
+SCALINGS = ("mean", "std", "none")
 # Data sets this package reads itself; any gluonts repository name is accepted too (see validate()).
 LOCAL_DATASETS = ("fertility", "co2", "weather")
 
@@ -31,6 +33,18 @@ class TSFConfig(RunFields):
         2, "Depth: patchtst encoder layers, deepar LSTM layers, simple_feedforward hidden layers.", ge=1
     )
     dropout: float = param(0.1, "patchtst/deepar dropout (PatchTST on Weather: 0.2).", ge=0.0, lt=1.0)
+    loss: str = param(
+        "nll",
+        "patchtst: nll (gluonts' Student-t head on negative log-likelihood) or mse (a point head on squared "
+        "error, as the PatchTST and Stable-SPAM papers train it).",
+        choices=LOSSES,
+    )
+    scaling: str = param(
+        "mean",
+        "patchtst: instance normalisation of each input window: mean (gluonts' default, divide by the mean "
+        "|x|), std (z-score by the window's mean and std: PatchTST's RevIN without affine) or none.",
+        choices=SCALINGS,
+    )
     # --- data ---
     dataset: str = param(
         "fertility",
@@ -99,6 +113,10 @@ class TSFConfig(RunFields):
             raise ConfigError("data_path", self.data_path, "an existing CSV file or a URL")
         if self.columns is not None and self.dataset != "weather":
             raise ConfigError("columns", ",".join(self.columns), "None unless dataset=weather")
+        if self.model != "patchtst":
+            for name, default in (("loss", "nll"), ("scaling", "mean")):
+                if getattr(self, name) != default:
+                    raise ConfigError(name, getattr(self, name), f"{default} unless model=patchtst")
         if self.model == "patchtst":
             if self.d_model % self.n_heads:
                 raise ConfigError("n_heads", self.n_heads, f"a divisor of d_model={self.d_model}")

@@ -22,6 +22,7 @@ from gluonts.torch.model.simple_feedforward import SimpleFeedForwardEstimator
 from gluonts.torch.model.simple_feedforward.lightning_module import SimpleFeedForwardLightningModule
 
 from spam_bench.tasks.tsf.config import TSFConfig
+from spam_bench.tasks.tsf.point_head import SquaredErrorOutput
 
 MakeOptimizer = Callable[[torch.nn.Module], torch.optim.Optimizer]
 
@@ -99,6 +100,8 @@ def build_estimator(config: TSFConfig, freq: str, make_optimizer: MakeOptimizer)
             dim_feedforward=config.dim_feedforward,
             num_encoder_layers=config.num_layers,
             dropout=config.dropout,
+            scaling=None if config.scaling == "none" else config.scaling,
+            **({"distr_output": SquaredErrorOutput()} if config.loss == "mse" else {}),
             **common,
         )
     elif config.model == "deepar":

@@ -37,10 +37,21 @@ def metric_definitions() -> dict[str, Any]:
 
 
 def with_quantiles(forecast: Any) -> Any:
-    """A DistributionForecast as a QuantileForecast of QUANTILES and the mean (one icdf call); others as they are."""
+    """A DistributionForecast as a QuantileForecast of QUANTILES and the mean (one icdf call); a point
+    forecast (point_head.py: the single level 0.5) as that point at every level and as the mean; others
+    as they are."""
     from gluonts.model.forecast import QuantileForecast
     from gluonts.torch.model.forecast import DistributionForecast
 
+    if isinstance(forecast, QuantileForecast) and list(forecast.forecast_keys) == ["0.5"]:
+        point = forecast.forecast_array[0]
+        return QuantileForecast(
+            np.repeat(point[None], len(QUANTILES) + 1, axis=0),
+            start_date=forecast.start_date,
+            forecast_keys=[*map(str, QUANTILES), "mean"],
+            item_id=forecast.item_id,
+            info=forecast.info,
+        )
     if not isinstance(forecast, DistributionForecast):
         return forecast
     dist = forecast.distribution

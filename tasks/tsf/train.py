@@ -186,6 +186,8 @@ class Trainer:
                 "lr_schedule": "constant",
                 "early_stopping": False,
                 "model": c.model,
+                "loss": c.loss if c.model == "patchtst" else "nll",
+                "scaling": c.scaling if c.model == "patchtst" else "model default",
                 "n_series": self.data.n_series,
                 "n_series_dropped": self.data.n_dropped,
                 "n_test_windows": self.data.n_series * c.test_windows,
