@@ -8,6 +8,9 @@ leaderboard.html (the same content with the PNGs embedded). Reads only complete 
 records of `spambench tune` (`<out>/tuning/best/`, which mark the tuned protocol's entries); writes
 nothing outside `<out>/report`. A report with filters (--task/--opt/--scale/--since) goes to a folder
 of its own named after them (`report_folder`), so it never overwrites the full report.
+
+A store on object storage (`write_report`) is reported from a local mirror of what the report reads
+(suite/object_store.py, `pull_for_report`), and the report folder is uploaded to `<url>/report/`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from spam_bench.reports.summary import (
     with_run_columns,
 )
 from spam_bench.suite.errors import NOT_APPLICABLE
+from spam_bench.suite.object_store import ObjectStore
 from spam_bench.suite.results import RunStore
 from spam_bench.suite.tuning import best_path
 
@@ -199,3 +203,17 @@ def write_leaderboard(
     (report_dir / "leaderboard.md").write_text(markdown)
     (report_dir / "leaderboard.html").write_text(html.render(blocks, report_dir))
     return markdown, report_dir
+
+
+def write_report(store: RunStore, **options: Any) -> tuple[str, str]:
+    """`write_leaderboard` for any store; returns (leaderboard Markdown, where the report folder is).
+
+    On object storage, what the report reads of every complete run (summary, spec, metrics,
+    steps.parquet) and the tuning records are mirrored into a local folder first (only files that
+    changed are downloaded again), the report is built there, and its folder is uploaded to
+    `<url>/report/` (stale figures removed there too)."""
+    if not isinstance(store, ObjectStore):
+        markdown, report_dir = write_leaderboard(store.root, **options)
+        return markdown, str(report_dir)
+    markdown, report_dir = write_leaderboard(store.pull_for_report(), **options)
+    return markdown, store.push_report(report_dir)

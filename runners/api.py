@@ -30,10 +30,10 @@ from spam_bench.suite.config_file import use_scale
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.lifecycle import execute
 from spam_bench.suite.model_info import ModelInfo
-from spam_bench.suite.paths import out_root
+from spam_bench.suite.object_store import ObjectStore, open_store
 from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
 from spam_bench.suite.resolve import resolve
-from spam_bench.suite.results import METRICS, RunStore
+from spam_bench.suite.results import METRICS, SPEC, RunStore
 from spam_bench.suite.tracking import DEFAULT_EVERY, TrackSettings, parse_every, parse_trackers, tracked_recorder
 
 OptimizerLike = str | OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer]
@@ -51,7 +51,7 @@ class RunResult:
     direction: str
     value: float | None
     summary: dict[str, Any]
-    run_dir: Path
+    run_dir: Path  # on object storage (out="s3://..."), the run's local staging copy
     reused: bool
 
     @property
@@ -181,7 +181,8 @@ def run(
     as `spambench run --track` does; `track_every` is the rate of per-step records. Neither is part of
     the run's identity: tracking never changes the run_id or the numbers. A run that is reused (already
     complete) is not sent again. `keep_checkpoint` keeps a completed run's last checkpoint (it is
-    deleted by default: only an interrupted run needs it).
+    deleted by default: only an interrupted run needs it). `out` is the results store: a folder
+    (default $SPAMBENCH_OUT or ./out), or object storage as "s3://bucket/prefix" (suite/object_store.py).
     """
     name = _name_of(optimizer, optimizer_kwargs)
     trackers, every = parse_trackers(track), parse_every(track_every)  # bad names fail before anything runs
@@ -190,11 +191,13 @@ def run(
         sets.setdefault(f"opt.{key}", value)
     scale = use_scale(TASKS.get(task), scale)
     resolved = resolve(task=task, optimizer=name, seed=seed, scale=scale, sets=sets, device=device)
-    store = RunStore(out_root(None if out is None else str(out)))
+    store = open_store(None if out is None else str(out))  # a path, or a URL such as s3://bucket/prefix
     recorder_cls = tracked_recorder(TrackSettings(trackers, group=task, every=every))
     summary, run_dir, reused = execute(
         resolved, store, force=force, recorder_cls=recorder_cls, keep_checkpoint=keep_checkpoint
     )
+    if reused and isinstance(store, ObjectStore):  # only its summary was staged: `curves` reads metrics
+        store.pull_files(run_dir, (METRICS, SPEC))
     return RunResult(
         task=task,
         optimizer=name,
@@ -244,6 +247,8 @@ def compare(
         for opt in optimizers
         for s in seeds
     ]
-    runs, _ = load_runs(RunStore(results[0].run_dir.parents[2]))
+    store = open_store(None if out is None else str(out))
+    root = store.pull_for_report() if isinstance(store, ObjectStore) else results[0].run_dir.parents[2]
+    runs, _ = load_runs(RunStore(root))
     runs = runs[runs.run_id.isin({r.run_dir.name for r in results}) & (runs.task == task)]
     return entries(runs.reset_index(drop=True)).reset_index(drop=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from spam_bench.suite.config import field_docs, json_ready, parse_assignments
 from spam_bench.suite.config_file import FileConfig, load_config, use_scale
 from spam_bench.suite.errors import ConfigError
-from spam_bench.suite.paths import out_root
+from spam_bench.suite.paths import out_root, writable_dir
 from spam_bench.suite.registry import OPTIMIZERS, TASKS
 
 if TYPE_CHECKING:
@@ -41,6 +41,12 @@ def _ray_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-trial", default="0", help="whole GPUs per trial (CUDA runs get at least 1)")
     p.add_argument("--max-concurrent", default=None, help="at most this many trials at once")
     p.add_argument("--max-failures", default="2", help="retries per crashing trial (from its checkpoint)")
+    p.add_argument(
+        "--workers-per-trial",
+        default="1",
+        help="train each run data-parallel on N Ray Train workers, each with --cpus-per-trial CPUs and "
+        "--gpus-per-trial GPUs (tasks llm and llm4bit; default 1: the trial trains in one process)",
+    )
     p.add_argument("--name", help="experiment name (default: derived from the runs, so re-running finds it)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
     p.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
@@ -118,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _ray_flags(sw)
     sw.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
+    sw.add_argument(
+        "--check-placement",
+        nargs="?",
+        const="5",
+        metavar="HOLD_S",
+        help="train nothing: place every trial as the sweep would, print its node, host and CUDA_VISIBLE_DEVICES, "
+        "and check that no two trials at once shared a GPU; each trial holds its resources HOLD_S seconds "
+        "(default 5) so that trials that fit at once overlap (docs/clusters.md)",
+    )
     _file_flags(sw)
 
     sn = sub.add_parser(
@@ -166,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also runs made by other code versions (default: only the current code's runs)",
     )
 
+    pub = sub.add_parser("publish", help="RESULTS.md and results.parquet from a results store (the published results)")
+    pub.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
+    pub.add_argument(
+        "--into", default="results", help="folder to write RESULTS.md and results.parquet (default results)"
+    )
+
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
     lst.add_argument("what", nargs="?", choices=("tasks", "optimizers"), default=None)
     lst.add_argument("--json", action="store_true", help="machine-readable: one JSON object on stdout")
@@ -192,8 +213,8 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from spam_bench.runners.local import execute
     from spam_bench.suite.distributed import World
+    from spam_bench.suite.object_store import open_store
     from spam_bench.suite.resolve import resolve
-    from spam_bench.suite.results import RunStore
     from spam_bench.suite.tracking import TrackSettings, tracked_recorder
 
     file = load_config(args.config, "run") if args.config else FileConfig()
@@ -207,7 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sets={**file.sets, **parse_assignments(args.set)},  # the command line wins
         device=args.device,
     )
-    store = RunStore(out_root(args.out))
+    store = open_store(args.out)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:  # everything checked here: now torchrun's processes
         run.task.check_world(run.config, nproc)  # type: ignore[attr-defined]  # distributed tasks have it
         return _launch_torchrun(nproc, args.argv)
@@ -241,7 +262,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     speed_text = f", {speed:,.0f} tokens/s" if speed else ""
     print(
         f"{run.spec.task} {run.spec.optimizer} seed {run.spec.seed}: {metric} = {shown} ({status}{extra}; "
-        f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {run_dir}"
+        f"{summary.get('wall_time_s', 0):.1f}s{speed_text}) -> {store.where(run_dir)}"
     )
     return 0
 
@@ -284,6 +305,9 @@ def _ray_options(args: argparse.Namespace, out: Path, name: str) -> SweepOptions
     gpus = coerce("gpus-per-trial", args.gpus_per_trial, int)
     max_conc = coerce("max-concurrent", args.max_concurrent, int | None)
     max_fail = coerce("max-failures", args.max_failures, int)
+    workers = coerce("workers-per-trial", args.workers_per_trial, int)
+    if not 1 <= workers <= 1024:
+        raise ConfigError("workers-per-trial", workers, "an int from 1 to 1024")
     if not math.isfinite(cpus) or cpus <= 0:  # NaN passed `cpus <= 0` and left every trial PENDING
         raise ConfigError("cpus-per-trial", cpus, "a finite number > 0")
     if gpus < 0 or max_fail < 0:
@@ -304,10 +328,11 @@ def _ray_options(args: argparse.Namespace, out: Path, name: str) -> SweepOptions
         max_concurrent=max_conc,
         max_failures=max_fail,
         resume=args.resume,
+        workers_per_trial=workers,
     )
 
 
-def _print_trials(results: list[dict], name: str, where: Path) -> int:
+def _print_trials(results: list[dict], name: str, where: Path | str) -> int:
     failed = [r for r in results if r.get("error")]
     for r in results:
         print(
@@ -330,11 +355,14 @@ def _optimizers(args: argparse.Namespace, file: FileConfig) -> list[str]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from spam_bench.suite.results import RunStore
+    from spam_bench.suite.object_store import ObjectStore, open_store
     from spam_bench.suite.sweep import expand, parse_grid, parse_seeds, sweep_name
     from spam_bench.suite.tuning import load_best
 
-    out = out_root(args.out)
+    store = open_store(args.out)  # on object storage, `out` is its local staging folder
+    out = store.root
+    if args.from_tuning and isinstance(store, ObjectStore):
+        store.pull_tree("tuning/best")
     file = load_config(args.config, "sweep") if args.config else FileConfig()
     track, every = _tracking(args, file)
     optimizers = _optimizers(args, file)
@@ -356,14 +384,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     options = _ray_options(args, out, sweep_name(runs))
     options.track, options.track_every = track, every
     options.keep_checkpoint = args.keep_checkpoint
-    store = RunStore(out)
-    pending = [r for r in runs if not RunStore.is_complete(store.run_dir(r.spec.task, r.spec.run_id))]
+    options.url = store.url if isinstance(store, ObjectStore) else None
+    if getattr(args, "check_placement", None) is not None:
+        return _check_placement(args.check_placement, runs, options, args.resume)
+    pending = [r for r in runs if not store.completed(r.spec.task, r.spec.run_id)]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
     if not pending and not args.resume:
         return 0
     from spam_bench.runners.ray_tune import sweep
 
-    return _print_trials(sweep(pending, options), options.name, store.root / "runs" / args.task)
+    return _print_trials(sweep(pending, options), options.name, store.where(store.root / "runs" / args.task))
+
+
+def _check_placement(hold_text: str, runs: list, options: SweepOptions, resume: bool) -> int:
+    """`sweep --check-placement`: every run of the sweep placed as a trial, none trained (runners/placement.py)."""
+    from spam_bench.runners.placement import placement_report
+    from spam_bench.runners.ray_tune import sweep
+    from spam_bench.suite.config import coerce
+
+    hold = coerce("check-placement", hold_text, float)
+    if not math.isfinite(hold) or hold < 0:
+        raise ConfigError("check-placement", hold_text, "seconds to hold each trial, a finite number >= 0")
+    if resume:
+        raise ConfigError("--resume", True, "not with --check-placement, which trains nothing to resume")
+    options.check_placement = hold
+    options.name = f"{options.name}-check-placement"  # its own Tune experiment: a later --resume never finds it
+    print(f"check-placement: {len(runs)} trials, each placed and held {hold:g} s, none trained")
+    lines, code = placement_report(sweep(runs, options), options.name)
+    print("\n".join(lines))
+    return code
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -414,17 +463,28 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     """Flags are checked before the store is read: reading it warns about each malformed run folder,
     and a bad flag must still be the only line on stderr."""
-    from spam_bench.reports.build import write_leaderboard
+    from spam_bench.reports.build import write_report
     from spam_bench.reports.summary import parse_since
+    from spam_bench.suite.object_store import open_store
 
-    out = out_root(args.out)
+    store = open_store(args.out)
     if args.since is not None:
         parse_since(args.since)
-    markdown, report_dir = write_leaderboard(
-        out, task=args.task, opt=args.opt, scale=args.scale, since=args.since, all_code=args.all_code
+    markdown, report_dir = write_report(
+        store, task=args.task, opt=args.opt, scale=args.scale, since=args.since, all_code=args.all_code
     )
     print(markdown)
     print(f"written: {report_dir}/ (leaderboard.md, leaderboard.html, summary.md, results.parquet, *.png)")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from spam_bench.reports.published import write_published
+
+    out = out_root(args.out)
+    into = writable_dir("into", args.into)
+    path = write_published(out, into)
+    print(f"written: {path} and {path.with_name('results.parquet')}")
     return 0
 
 
@@ -532,6 +592,7 @@ COMMANDS = {
     "sensitivity": _cmd_sensitivity,
     "tune": _cmd_tune,
     "report": _cmd_report,
+    "publish": _cmd_publish,
     "list": _cmd_list,
     "perf": _cmd_perf,
     "check-optimizer": _cmd_check,

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spam_bench.runners import ray_train
+from spam_bench.runners.placement import placement_trainable
 from spam_bench.suite.errors import ConfigError
+from spam_bench.suite.object_store import open_store
+from spam_bench.suite.paths import is_url
 from spam_bench.suite.registry import OPTIMIZERS
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import RunRecorder, RunStore
@@ -43,6 +47,15 @@ class SweepOptions:
     track: tuple[str, ...] = ()
     track_every: int = DEFAULT_EVERY
     keep_checkpoint: bool = False  # keep each completed run's last checkpoint (suite/lifecycle.py)
+    # --check-placement: place each trial, report where it landed (runners/placement.py) and hold its
+    # resources this many seconds, without training. None: a real sweep.
+    check_placement: float | None = None
+    # Ray Train workers per trial, each a data-parallel rank of the trial's run (runners/ray_train.py);
+    # 1: the trial itself trains, in one process.
+    workers_per_trial: int = 1
+    # A store on object storage (suite/object_store.py): its URL, which trials get as their `out`
+    # (`out` is then its local staging folder); Tune's files go to `<url>/ray`.
+    url: str | None = None
 
 
 # How long a Ray GCS may take to answer one call before the address is refused. A port that accepts
@@ -241,12 +254,14 @@ def _trial(config: dict[str, Any]) -> None:
     for name, values in config.get("scales", {}).items():  # a scale file read by the driver
         register_scale(TASKS.get(config["spec"]["task"]), name, values)
     run = resolve_canonical(config["spec"])
-    store = RunStore(Path(config["out"]))
+    remote = is_url(config["out"])  # object storage: each node stages it in a folder of its own
+    store = open_store(config["out"]) if remote else RunStore(Path(config["out"]))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry: the store's checkpoint is the one we resume from
         with checkpoint.as_directory() as d:
             pointer = json.loads((Path(d) / "pointer.json").read_text())
-        assert Path(pointer["run_dir"]) == store.run_dir(run.spec.task, run.spec.run_id)
+        found, expected = Path(pointer["run_dir"]), store.run_dir(run.spec.task, run.spec.run_id)
+        assert found.parts[-2:] == expected.parts[-2:] if remote else found == expected
     recorder_cls: type[RunRecorder] = TuneRecorder
     if config.get("track"):
         recorder_cls = tracked_recorder(TrackSettings.from_dict(config["track"]), TuneRecorder)
@@ -276,7 +291,8 @@ def _init_ray(options: SweepOptions) -> None:
             ray.shutdown()
             raise ConfigError("address", options.address, f"a Ray cluster to join ({_one_line(err)})") from None
         check_resources(options)
-        _require_shared_store(options.out)
+        if options.url is None:  # object storage is shared by every node by nature
+            _require_shared_store(options.out)
     else:
         # Token auth protects clusters; an embedded single-machine Ray has nothing to protect it from.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -380,6 +396,18 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
     from spam_bench.suite.tracking import TrackSettings
 
     plugins = carried_plugins(runs)  # refuses what workers cannot see, before Ray starts
+    if options.workers_per_trial > 1:
+        if options.check_placement is not None:
+            raise ConfigError("workers-per-trial", options.workers_per_trial, "1 with --check-placement")
+        ray_train.check_workers(runs, options.workers_per_trial)
+    if options.url is not None and options.resume:
+        raise ConfigError(
+            "--resume",
+            options.name,
+            "a sweep whose Ray experiment is on local storage: restoring unpickles Ray's tuner.pkl, which "
+            f"anyone who can write to {options.url}/ray could have written; run the sweep again without "
+            "--resume (its finished runs are reused from the store)",
+        )
     storage = (options.out / "ray").resolve()
     exp_path = storage / options.name
     if options.resume and not tune.Tuner.can_restore(str(exp_path)):
@@ -390,9 +418,14 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
     if any(r.spec.device.startswith("cuda") for r in runs):
         # A trial whose time and memory we report must own whole GPUs (Ray's fractions are bookkeeping only).
         resources["gpu"] = max(1, options.gpus_per_trial)
-    trainable = tune.with_resources(_trial, resources)
+    body = _trial if options.check_placement is None else placement_trainable(options.check_placement)
+    trainable = tune.with_resources(body, resources)
+    if options.workers_per_trial > 1:  # the trial drives a Ray Train run; its workers hold `resources`
+        trainable = ray_train.data_parallel_trainable(resources, options.workers_per_trial)
     _init_ray(options)
     try:
+        if options.workers_per_trial > 1 and options.max_concurrent is None:
+            options.max_concurrent = ray_train.trials_at_once(resources, options.workers_per_trial)
         if options.resume:
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
@@ -400,7 +433,7 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
             specs = [
                 {
                     "spec": r.spec.canonical(),
-                    "out": str(options.out),
+                    "out": options.url or str(options.out),
                     "cpus": options.cpus_per_trial,
                     "plugins": plugins,
                     # a scale file exists on the driver's disk only: its values travel with the trial
@@ -431,12 +464,14 @@ def sweep(runs: list[ResolvedRun], options: SweepOptions) -> list[dict[str, Any]
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=options.max_concurrent,
                     scheduler=scheduler,
-                    reuse_actors=True,  # skip re-importing torch per trial
+                    # skip re-importing torch per trial; a Train-driving trial's actor must end with it
+                    # (its Train run ends with it, runners/ray_train.py)
+                    reuse_actors=options.workers_per_trial == 1,
                     trial_dirname_creator=_trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=options.name,
-                    storage_path=str(storage),
+                    storage_path=f"{options.url}/ray" if options.url else str(storage),
                     verbose=1,
                     failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 ),

@@ -54,6 +54,19 @@ class World:
             dist.init_process_group(backend)
         return cls(rank=dist.get_rank(), size=dist.get_world_size())
 
+    @classmethod
+    def from_process_group(cls) -> World:
+        """The world of a default process group someone else has already set up; a world of one if none.
+
+        Ray Train's workers (runners/ray_train.py) are an example: Ray initialises torch.distributed
+        itself (gloo for CPU workers, NCCL when each has a GPU) and selects each worker's CUDA device
+        before our code runs. We only read rank and size, and the group stays its owner's: whoever
+        made the world this way must not `close` it (Ray destroys it when the workers stop).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        return cls(rank=dist.get_rank(), size=dist.get_world_size())
+
     # --- collectives (no-ops in a world of one) ---
     def barrier(self) -> None:
         if self.active:

@@ -1,15 +1,18 @@
-"""Where a result came from: versions, the project's own git commit, host and hardware, in every summary."""
+"""Where a result came from: versions, the project's own git commit, host, placement and hardware, in every summary."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+import sys
 from importlib.metadata import PackageNotFoundError, version
-
-import torch
+from typing import TYPE_CHECKING
 
 from spam_bench.suite.identity import project_git
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _version(dist: str) -> str | None:
@@ -19,7 +22,43 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def placement() -> dict[str, str | None]:
+    """Where this process runs: its Ray node (id and IP) when inside Ray, and the GPUs it was given.
+
+    A sweep on a cluster must say per run which node and which GPU produced it, so that a bad node or
+    two trials sharing a GPU can be found afterwards. Ray is consulted only if this process has already
+    imported it (a trial has), so a plain `spambench run` neither imports nor starts Ray.
+    `cuda_visible_devices` is the variable as this process saw it (None when unset; Ray sets it per
+    trial from the GPUs it assigned).
+    """
+    found: dict[str, str | None] = {"ray_node_id": None, "ray_node_ip": None}
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        try:
+            found["ray_node_id"] = ray.get_runtime_context().get_node_id()
+            found["ray_node_ip"] = ray.util.get_node_ip_address()
+        except Exception:  # a half-shut-down Ray: where it ran is then unknown, not a failed run
+            pass
+    return {**found, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _device_name(dev: torch.device) -> str:
+    """The accelerator's name; a CUDA spec on a machine where CUDA is unavailable says so instead of failing."""
+    if dev.type != "cuda":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cuda (unavailable)"
+    try:
+        return torch.cuda.get_device_name(dev)
+    except (RuntimeError, AssertionError, ValueError) as err:  # e.g. an index past the visible devices
+        return f"cuda (unavailable: {' '.join(str(err).split())})"
+
+
 def describe(device: str) -> dict[str, object]:
+    import torch  # here, not at the top: `placement` serves `sweep --check-placement`, whose trials never load torch
+
     dev = torch.device(device)
     return {
         "versions": {
@@ -29,10 +68,11 @@ def describe(device: str) -> dict[str, object]:
         },
         "git": project_git(),
         "host": socket.gethostname(),
+        "placement": placement(),
         "hardware": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "device": _device_name(dev),
         },
     }

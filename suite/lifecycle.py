@@ -14,6 +14,11 @@ Everything that writes the run folder (setting it aside, discarding it for --for
 summary) happens while this process holds the run's lock (suite/lock.py): a second process on the
 same run id refuses in one line naming the holder, or waits for it (`wait`). Reusing a complete
 run only reads, and takes no lock.
+
+A store on object storage (suite/object_store.py) is run in a local staging folder by this same
+code; its `RemoteRun` adds the remote side at four points: the reuse check (the remote summary), the
+start (the remote lock, the remote folder staged), each checkpoint (uploads) and the end (uploads,
+summary.json last).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from spam_bench.suite.errors import NOT_APPLICABLE, ConfigError, NotApplicable
 from spam_bench.suite.identity import changed_parts
 from spam_bench.suite.interrupt import deferred_interrupt
 from spam_bench.suite.lock import LOCK, RunLock
+from spam_bench.suite.object_store import ObjectStore, RemoteRun
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import (
     CHECKPOINT,
@@ -79,7 +85,7 @@ def _set_aside_if_stale(run: ResolvedRun, store: RunStore, run_dir: Path, say: C
     what = "complete" if (kept / SUMMARY).exists() else "partial"
     say(
         f"re-running {run.spec.run_id}: {', '.join(changed_parts(old, new))} changed since its {what} run "
-        f"(kept in {kept})"
+        f"(kept in {store.where(kept)})"
     )
     return kept
 
@@ -112,7 +118,9 @@ def execute(
     if not world.is_main:
         return _follow(run, run_dir, world)
     try:
-        reused = not force and RunStore.is_complete(run_dir) and _is_current(run, run_dir)
+        # On object storage, complete means the remote summary exists: only it is staged to be checked.
+        complete = store.pull_summary if isinstance(store, ObjectStore) else RunStore.is_complete
+        reused = not force and complete(run_dir) and _is_current(run, run_dir)
     except BaseException:
         world.broadcast("failed")
         raise
@@ -162,11 +170,14 @@ def _locked(
         world.broadcast("failed")
         raise
     decision = "train"
+    remote: RemoteRun | None = None
     try:
+        if isinstance(store, ObjectStore):  # its remote lock taken, and (unless discarded) its folder staged
+            remote = store.link(run_dir, run.spec.run_id, wait=wait, say=say, pull=not force)
         # The folder may only be moved or cleaned by its lock holder. Moving it (set aside, discard)
         # takes our lock file along, so the lock is taken again at the same path.
         if force:
-            RunStore.discard(run_dir)
+            store.discard(run_dir)
             lock.retake()
         else:
             remove_stale_temp_files(run_dir)  # left by writers that died: no writer is alive now
@@ -178,14 +189,18 @@ def _locked(
                 decision = "reused"
     except BaseException:
         world.broadcast("failed")
+        if remote is not None:
+            remote.release()
         lock.release()
         raise
     world.broadcast(decision)
     try:
         if decision == "reused":
             return read_json(run_dir / SUMMARY), run_dir, True
-        return _run(run, run_dir, recorder_cls, say, lock, keep_checkpoint, world)
+        return _run(run, run_dir, recorder_cls, say, lock, keep_checkpoint, world, remote)
     finally:
+        if remote is not None:
+            remote.release()
         lock.release()
 
 
@@ -197,11 +212,15 @@ def _run(
     lock: RunLock,
     keep_checkpoint: bool,
     world: World,
+    remote: RemoteRun | None = None,
 ) -> tuple[dict[str, Any], Path, bool]:
     """Resume or start the run in `run_dir`, whose lock this process holds."""
     recorder = recorder_cls(run_dir, run.record())
     recorder.say = say  # says which checkpoint was unreadable and set aside
     recorder.write_guard = lock.verify  # no checkpoint once another process has taken the run over
+    if remote is not None:
+        recorder.write_guard = _both(lock.verify, remote.verify)
+        recorder.after_checkpoint = remote.after_checkpoint
     ctx: RunContext | None = None
     try:
         with deferred_interrupt() as stop:
@@ -235,7 +254,11 @@ def _run(
             **describe(run.spec.device),
         }
         lock.verify()  # the summary makes the run complete: only its lock holder may write it
+        if remote is not None:
+            remote.verify()
         record = recorder.finish(summary)
+        if remote is not None:  # before the local files go: a crash in between resumes from them
+            remote.finish(RESUME_ONLY, keep_checkpoint)
         if not keep_checkpoint:  # after the summary: a crash in between leaves a complete run, never a lost one
             for name in RESUME_ONLY:
                 (run_dir / name).unlink(missing_ok=True)
@@ -244,6 +267,14 @@ def _run(
         if ctx is not None:
             ctx.close()
         recorder.close()
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def check() -> None:
+        first()
+        second()
+
+    return check
 
 
 __all__ = ["execute"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from spam_bench.suite.errors import ConfigError
@@ -11,6 +12,13 @@ from spam_bench.suite.errors import ConfigError
 _PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 _WRITABLE_UNDER_PSEUDO = (Path("/dev/shm"),)
 _NAME_MAX, _PATH_MAX = 255, 4095  # bytes, as Linux counts them
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(raw: str | os.PathLike[str] | None) -> bool:
+    """Whether `--out` names a store on object storage (`s3://bucket/prefix`, suite/object_store.py)
+    rather than a local folder; a local path never has `scheme://` in front."""
+    return isinstance(raw, str) and bool(_URL.match(raw))
 
 
 def out_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -23,6 +31,10 @@ def out_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """
     field = "out" if explicit else "SPAMBENCH_OUT" if os.environ.get("SPAMBENCH_OUT") else "out"
     raw = os.fspath(explicit or os.environ.get("SPAMBENCH_OUT") or "out")
+    if is_url(raw):  # else it would become a local folder named "s3:"
+        raise ConfigError(
+            field, raw, "a local directory here (object storage is a store of `spambench run`, `sweep` and `report`)"
+        )
     return writable_dir(field, raw)
 
 
@@ -66,6 +78,13 @@ def writable_dir(field: str, raw: str | os.PathLike[str]) -> Path:
     if read_only:
         raise refuse(f"{existing} is on a read-only filesystem")
     return path
+
+
+def staging_root() -> Path:
+    """$SPAMBENCH_STAGING, else <data cache>/staging: where stores on object storage are mirrored
+    (suite/object_store.py); put it on a fast local disk. Not created here."""
+    raw = os.environ.get("SPAMBENCH_STAGING")
+    return Path(raw).expanduser().resolve() if raw else data_cache() / "staging"
 
 
 def data_cache() -> Path:

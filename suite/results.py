@@ -213,6 +213,14 @@ class RunStore:
     def is_complete(run_dir: Path) -> bool:
         return (run_dir / SUMMARY).exists()
 
+    def completed(self, task: str, run_id: str) -> bool:
+        """Whether that run is complete in this store (a store on object storage asks the remote side)."""
+        return self.is_complete(self.run_dir(task, run_id))
+
+    def where(self, path: Path) -> str:
+        """How to name `path` of this store to a user (a store on object storage names its URL)."""
+        return str(path)
+
     def set_aside(self, run_dir: Path, label: str) -> Path:
         """Move a run folder made by other code to `<out>/superseded/<task>/<run_id>-<label>`, where
         no report of current results looks, and return where it went."""
@@ -239,10 +247,12 @@ def _stderr_line(line: str) -> None:
 class RunRecorder:
     """What a task reports to: metrics, checkpoints and the final summary of one run folder."""
 
-    # Set by the lifecycle (suite/lifecycle.py): where one-line notices go, and a check, before each
-    # checkpoint, that this process still holds the run's lock (suite/lock.py).
+    # Set by the lifecycle (suite/lifecycle.py): where one-line notices go, a check, before each
+    # checkpoint, that this process still holds the run's lock (suite/lock.py), and what follows each
+    # checkpoint written (a store on object storage uploads the run's files: suite/object_store.py).
     say: Callable[[str], None] = staticmethod(_stderr_line)
     write_guard: Callable[[], None] | None = None
+    after_checkpoint: Callable[[], None] | None = None
     _unsaved_said = False  # "not checkpointing" is said once per run
 
     def __init__(self, run_dir: Path, spec_record: Mapping[str, Any], sinks: Iterable[Any] = ()):
@@ -303,6 +313,8 @@ class RunRecorder:
         problem = _not_plain(state)
         if problem is None:
             problem = self._write_checkpoint(state)
+            if problem is None and self.after_checkpoint is not None:
+                self.after_checkpoint()
         if problem is not None and not self._unsaved_said:
             self._unsaved_said = True
             self.say(

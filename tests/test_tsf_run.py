@@ -97,7 +97,9 @@ def test_patchtst_on_squared_error_with_instance_norm_as_the_papers_train_it(out
 
     capsys.readouterr()
     assert main(_argv(out_dir / "refused", *_sets(model="deepar", loss="mse"))) == 2
-    assert capsys.readouterr().err == "spambench: error: loss: invalid value 'mse' (allowed: nll unless model=patchtst)\n"
+    assert (
+        capsys.readouterr().err == "spambench: error: loss: invalid value 'mse' (allowed: nll unless model=patchtst)\n"
+    )
 
 
 def test_the_suite_optimizer_is_the_one_stepping(out_dir):
