@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep sensitivity report leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep sensitivity report results leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -84,6 +84,11 @@ LEADERBOARD_SWEEP_ARGS ?=
 LEADERBOARD_TASKS ?=
 # The registry's names, read from `spambench list --json` (not from the human-readable listing).
 LIST_NAMES = $(BIN)/spambench list $(1) --json | $(BIN)/python -c 'import json, sys; print("$(2)".join(x["name"] for x in json.load(sys.stdin)["$(1)"]))'
+# The published results, results/RESULTS.md and results/results.parquet, from a store: findings from the
+# paired tests, provenance (code fingerprints, commits) and the commands that remake every run.
+results: $(STAMP)
+	$(BIN)/spambench publish $(OUT_FLAG) --into results
+
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)
 	@status=0; begin=$$SECONDS; \
@@ -125,12 +130,17 @@ RUNS ?= 1000
 perf-report: $(STAMP)
 	$(BIN)/python -m spam_bench.runners.perf_report --runs $(RUNS)
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures such as a Ray cluster or an S3
+# server start once per file), so waits on subprocesses, Ray and S3 overlap. TEST_WORKERS=0 runs
+# in this process (for a debugger).
+TEST_WORKERS ?= 2
+TEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) tests
 
 # The inner loop: everything not marked slow (end-to-end runs, cluster and packaging tests).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) -m "not slow" tests
 
 # The layer folders sit at the repository root and install as spam_bench.* through setuptools'
 # package-dir mapping, which import-graph tools cannot follow; they read a copy laid out as installed.

@@ -1,0 +1,248 @@
+"""`spambench publish`: the published results, `results/RESULTS.md` and `results/results.parquet`.
+
+A results store (the leaderboard's, the LR studies', the spiky regime's) becomes a snapshot a reader can
+trust without running anything: the report's leaderboard Markdown (no figures: the file lives in the
+repository), preceded by what the numbers are tied to and what they say:
+
+- *Provenance*: per task, the code fingerprints and git commits of its runs, their dates, and the
+  commands that make them again. Published runs may come from an older checkout than the one reading
+  them, so every run is reported whatever its code (the report's `--all-code`), and an entry that mixes
+  code versions is named as such by the leaderboard.
+- *Findings*, computed here from the same statistics the leaderboard ranks with, never written by hand:
+  for each problem, each optimizer against AdamW at declared defaults by the paired test on shared seeds
+  (reports/stats.py), stated as "cannot separate" when the test cannot, with the seeds a resolution would
+  need; the LR studies' stable-range widths; and, in a spiky regime, the loss spikes each optimizer met.
+
+results.parquet is the report's long format (every complete run's metrics, long curves thinned to
+summary.CURVE_POINTS points, with the run columns): no checkpoints, no gradient samples.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spam_bench.reports import leaderboard, sensitivity, stats
+from spam_bench.reports.build import tuning_records, write_leaderboard
+from spam_bench.reports.robust_stats import seeds_needed
+from spam_bench.reports.summary import load_runs
+from spam_bench.suite.errors import NOT_APPLICABLE
+from spam_bench.suite.results import RunStore
+
+BASELINE = "adamw"
+RESULTS_MD, RESULTS_PARQUET = "RESULTS.md", "results.parquet"
+# A problem whose settings make it a spiky regime: loss spikes there are the finding, not noise.
+SPIKY_SCALES = ("tiny-unstable",)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _entry_text(e: pd.Series) -> str:
+    return f"{_fmt(e['mean'])} [{_fmt(e['ci_lo'])}, {_fmt(e['ci_hi'])}] (n={int(e['n'])})"
+
+
+def compare(e: pd.Series, base: pd.Series) -> str:
+    """One optimizer's defaults entry against AdamW's on the same problem, in words the test supports."""
+    direction = str(e["direction"])
+    p, shared, diff = stats.paired_test(e["seeds"], base["seeds"], direction)
+    head = f"{e['optimizer']} {_entry_text(e)} vs {BASELINE} {_entry_text(base)}"
+    if not math.isfinite(p):
+        return f"{head}: not tested ({shared} shared complete seeds; the paired test needs {stats.MIN_SEEDS})"
+    if p < stats.ALPHA:
+        better = e["optimizer"] if diff < 0 else BASELINE
+        return f"{head}: **{better} better** (paired t-test on {shared} seeds, p = {p:.3g})"
+    need = _seeds_to_resolve(e["seeds"], base["seeds"], direction)
+    return f"{head}: **cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {need})"
+
+
+def _seeds_to_resolve(a: Mapping[Any, float], b: Mapping[Any, float], direction: str) -> str:
+    shared = [k for k in a if k in b]
+    diffs = [stats.sign(direction) * (a[k] - b[k]) for k in shared]
+    n = seeds_needed(diffs)
+    if n is None:
+        return "no difference observed, or more than 10,000 seeds needed to resolve it"
+    return f"about {n} seeds would resolve the observed difference at 80% power"
+
+
+def findings(table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame) -> list[str]:
+    """The Markdown lines of the Findings section."""
+    lines: list[str] = []
+    if table.empty:
+        return ["No complete runs in the store."]
+    defaults = table[table["protocol"] == "defaults"]
+    for (task, scale, problem), g in defaults.groupby(["task", "scale", "problem"], sort=True):
+        base = g[g["optimizer"] == BASELINE]
+        label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
+        metric = f"{g['metric'].iloc[0]} ({'lower' if g['direction'].iloc[0] == 'min' else 'higher'} is better)"
+        lines.append(f"- {label}, {metric}:")
+        if base.empty:
+            lines.append(f"  - no {BASELINE} entry to compare with")
+            continue
+        for _, e in g[g["optimizer"] != BASELINE].sort_values("optimizer").iterrows():
+            lines.append(f"  - {compare(e, base.iloc[0])}")
+        if scale in SPIKY_SCALES:
+            lines += [f"  - {line}" for line in spike_lines(runs[(runs.task == task) & (runs.scale == scale)])]
+    for study in sensitivity.studies(runs, long):
+        lines.append(f"- LR sensitivity, `{study.task}` at `{study.scale}`:")
+        lines += [f"  - {line}" for line in study_lines(study)]
+    return lines
+
+
+def spike_lines(runs: pd.DataFrame) -> list[str]:
+    """Loss spikes per optimizer in a spiky regime (the suite's own telemetry: summary spike_events)."""
+    out = []
+    for optimizer, g in runs.groupby("optimizer", sort=True):
+        counts = [_loss_spikes(v) for v in g["spike_events"]] if "spike_events" in g else []
+        known = [c for c in counts if c is not None]
+        if known:
+            out.append(
+                f"{optimizer}: loss spikes per run {', '.join(map(str, known))} "
+                f"(mean {sum(known) / len(known):.3g} over {len(known)} seeds)"
+            )
+    return out
+
+
+def _loss_spikes(events: Any) -> int | None:
+    if isinstance(events, str):
+        try:
+            events = json.loads(events)
+        except ValueError:
+            return None
+    if isinstance(events, dict) and isinstance(events.get("loss_spikes"), int | float):
+        return int(events["loss_spikes"])
+    return None
+
+
+def study_lines(study: sensitivity.Study) -> list[str]:
+    """Each optimizer's best lr, stable-range width and LR sensitivity in one LR study."""
+    return [
+        f"{c.label}: best lr {_fmt(c.best_lr)}, within {sensitivity.WITHIN_BEST:.0%} of its best from lr "
+        f"{_fmt(c.good_lo)} to {_fmt(c.good_hi)} ({_fmt(c.width)} decades), LR sensitivity {_fmt(c.sensitivity)} "
+        f"({int(c.seeds.min())}-{int(c.seeds.max())} seeds per lr, {int(c.diverged.sum())} diverged)"
+        for c in study.curves
+    ]
+
+
+def provenance(runs: pd.DataFrame) -> list[str]:
+    """Per task: its runs' code fingerprints, commits and finishing dates."""
+    if runs.empty:
+        return []
+    lines = ["| task | runs | code fingerprint(s) | git commit(s) | finished |", "|---|---|---|---|---|"]
+    for task, g in runs.groupby("task", sort=True):
+        codes = sorted({str(c) for c in g["code_id"].dropna()})
+        commits = sorted({str(c)[:10] for c in g["git_commit"].dropna()})
+        ends = pd.to_datetime(g["finished_at"], utc=True, errors="coerce").dropna()
+        when = f"{ends.min():%Y-%m-%d} to {ends.max():%Y-%m-%d}" if len(ends) else "-"
+        lines.append(f"| {task} | {len(g)} | {', '.join(codes) or '-'} | {', '.join(commits) or '-'} | {when} |")
+    return lines
+
+
+def commands_for(runs: pd.DataFrame, store: Path) -> list[str]:
+    """`spambench sweep` commands that make every run of `runs` again (and reuse the complete ones).
+
+    Runs are grouped by task, scale, task settings other than the lr, and opt.* values; within a group,
+    optimizers that ran the same seeds at the same learning rates share one command."""
+    if runs.empty:
+        return []
+    plans: dict[tuple[str, ...], list[str]] = {}
+    settings_of = runs["overrides"].map(lambda o: json.dumps({k: v for k, v in _parsed(o).items() if k != "lr"}))
+    at_default_lr = runs["overrides"].map(lambda o: "lr" not in _parsed(o))  # its own command: no --grid
+    for (task, scale, settings_json, opt_hparams, optimizer, _), g in runs.assign(
+        _settings=settings_of, _default_lr=at_default_lr
+    ).groupby(["task", "scale", "_settings", "opt_hparams", "optimizer", "_default_lr"], sort=True):
+        settings = json.loads(settings_json)
+        sets = [f"{k}={v}" for k, v in sorted(settings.items())]
+        sets += [f"opt.{k}={v}" for k, v in sorted(_parsed(opt_hparams).items())]
+        lrs = sorted({float(lr) for lr in (_parsed(o).get("lr") for o in g["overrides"]) if lr is not None})
+        key = (task, scale, " ".join(sets), ",".join(map(repr, lrs)), _seed_ranges(sorted({int(x) for x in g["seed"]})))
+        plans.setdefault(key, []).append(optimizer)
+    out = []
+    for (task, scale, sets, lrs, seeds), optimizers in sorted(plans.items()):
+        line = f"spambench sweep --task {task} --scale {scale} --opt {','.join(sorted(optimizers))} --seeds {seeds}"
+        line += "".join(f" --set {kv}" for kv in sets.split())
+        line += f" --grid lr={lrs}" if lrs else ""
+        out.append(f"{line} --out {store}")
+    return out
+
+
+def _parsed(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (spambench's seed syntax)."""
+    parts: list[str] = []
+    start = prev = seeds[0]
+    for s in [*seeds[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
+def write_published(
+    store: Path, into: Path, commands: Iterable[str] | None = None, today: dt.date | None = None
+) -> Path:
+    """Write RESULTS.md and results.parquet for `store` into the folder `into`; returns RESULTS.md's path.
+
+    The report is built first (into the store's own report folder, figures skipped), so the leaderboard
+    part of RESULTS.md is the report's Markdown, word for word."""
+    markdown, report_dir = write_leaderboard(store, plots=False, all_code=True)
+    runs, long = load_runs(RunStore(store))
+    runs = runs[runs.status != NOT_APPLICABLE].reset_index(drop=True)
+    table = leaderboard.entries(runs, tuning_records(store, runs)) if len(runs) else pd.DataFrame()
+    commands = list(commands) if commands is not None else commands_for(runs, store)
+    into.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report_dir / RESULTS_PARQUET, into / RESULTS_PARQUET)
+    date = (today or dt.date.today()).isoformat()
+    body = [
+        "# spam-bench: published results",
+        "",
+        f"Generated on {date} by `spambench publish` from a results store filled by these commands "
+        "(complete runs are reused, so they resume where they stopped):",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+        "Every number below is computed from the runs in `results.parquet` beside this file; each run's "
+        "summary there records its spec, code fingerprint, git commit and machine.",
+        "",
+        "## Provenance",
+        "",
+        *provenance(runs),
+        "",
+        "## Findings",
+        "",
+        f"Each optimizer against {BASELINE}, both at their declared defaults: a two-sided paired t-test on "
+        f"the seeds both completed (alpha {stats.ALPHA}); means with 95% bootstrap CIs.",
+        "",
+        *findings(table, runs, long),
+        "",
+        "## The leaderboard",
+        "",
+        _demoted(markdown),
+    ]
+    path = into / RESULTS_MD
+    path.write_text("\n".join(body).rstrip() + "\n")
+    return path
+
+
+def _demoted(markdown: str) -> str:
+    """The report's Markdown one heading level down, under RESULTS.md's own headings."""
+    return "\n".join(("#" + line) if line.startswith("#") else line for line in markdown.splitlines())

@@ -1,0 +1,100 @@
+"""`spambench publish`: RESULTS.md and results.parquet from a store, on the checked-in gaming fixture
+(tests/fixtures/honest_runs/): findings come from the paired tests and say where the data cannot
+separate the optimizers; every number is tied to its runs' code and to a command that remakes them."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spam_bench.reports.build import write_leaderboard
+from spam_bench.reports.published import _seed_ranges
+from spam_bench.runners.cli import main
+from spam_bench.suite.sweep import parse_seeds
+
+FIXTURE = Path(__file__).parent / "fixtures" / "honest_runs"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    for part in ("runs", "tuning"):
+        shutil.copytree(FIXTURE / part, store / part)
+    into = tmp_path_factory.mktemp("results")
+    assert main(["publish", "--out", str(store), "--into", str(into)]) == 0
+    return store, into, (into / "RESULTS.md").read_text()
+
+
+def _finding(text: str, head: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.strip().startswith(f"- {head}")]
+    return line
+
+
+def test_findings_say_which_differences_the_paired_test_resolves_and_which_it_cannot(published):
+    _, _, text = published
+    # tsf: adamw's CI [0.0163, 0.0568] holds spam's spread; the paired test cannot separate them
+    spam = _finding(text.split("- `tsf` at `tiny`", 1)[1], "spam ")
+    assert "**cannot separate**" in spam and "paired t-test on 3 seeds" in spam
+    assert "seeds would resolve the observed difference at 80% power" in spam
+    # one seed is never tested, whatever its value
+    lone = _finding(text.split("- `tsf` at `tiny`", 1)[1], "stable_spam ")
+    assert "not tested (1 shared complete seeds" in lone
+    # rl is "higher is better": the direction is stated with the metric
+    assert "- `rl` at `tiny`, eval_return (higher is better):" in text
+
+
+def test_provenance_ties_every_task_to_its_code_and_commands_remake_the_runs(published):
+    store, into, text = published
+    runs = pd.read_parquet(into / "results.parquet").drop_duplicates("run_id")
+    provenance = text.split("## Provenance", 1)[1].split("## Findings", 1)[0]
+    for task, g in runs.groupby("task", observed=True):
+        row = next(line for line in provenance.splitlines() if line.startswith(f"| {task} |"))
+        assert f"| {len(g)} |" in row and all(str(c)[:10] in row for c in g["git_commit"].dropna().unique())
+    assert not [c for c in runs.columns if "checkpoint" in c or "grad_sample" in c]
+    # the commands, expanded as spambench would, make exactly the published runs
+    made = set()
+    for line in text.splitlines():
+        if line.startswith("    spambench sweep "):
+            made |= _expand(line.split()[2:], store)
+    published_runs = {
+        (r.task, r.optimizer, int(r.seed), json.loads(r.overrides).get("lr"), r.opt_hparams) for r in runs.itertuples()
+    }
+    assert made == published_runs
+
+
+def _expand(args: list[str], store: Path) -> set[tuple]:
+    flags: dict[str, list[str]] = {}
+    for flag, value in zip(args[::2], args[1::2]):
+        flags.setdefault(flag, []).append(value)
+    assert flags["--out"] == [str(store)]
+    opt_sets = {k[4:]: json.loads(v) for k, v in (kv.split("=", 1) for kv in flags.get("--set", []))}
+    lrs = [float(x) for x in flags["--grid"][0].removeprefix("lr=").split(",")] if "--grid" in flags else [None]
+    return {
+        (flags["--task"][0], opt, seed, lr, json.dumps(opt_sets, sort_keys=True))
+        for opt in flags["--opt"][0].split(",")
+        for seed in parse_seeds(flags["--seeds"][0])
+        for lr in lrs
+    }
+
+
+def test_the_leaderboard_part_is_the_reports_markdown_under_results_headings(published):
+    store, _, text = published
+    markdown, _ = write_leaderboard(store, plots=False, all_code=True)
+    body = text.split("## The leaderboard\n\n", 1)[1]
+    assert body.strip() == "\n".join(("#" + x) if x.startswith("#") else x for x in markdown.splitlines()).strip()
+
+
+def test_seed_ranges_use_spambenchs_seed_syntax():
+    assert _seed_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and _seed_ranges([3]) == "3"
+
+
+def test_an_into_that_is_a_file_is_refused_in_one_line(published, tmp_path, capsys):
+    store, _, _ = published
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["publish", "--out", str(store), "--into", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "into: invalid value" in err
