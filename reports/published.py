@@ -34,6 +34,7 @@ from spam_bench.reports.build import tuning_records, write_leaderboard
 from spam_bench.reports.robust_stats import seeds_needed
 from spam_bench.reports.summary import load_runs
 from spam_bench.suite.errors import NOT_APPLICABLE
+from spam_bench.suite.registry import OPTIMIZERS, TASKS
 from spam_bench.suite.results import RunStore
 
 BASELINE = "adamw"
@@ -132,6 +133,29 @@ def study_lines(study: sensitivity.Study) -> list[str]:
     ]
 
 
+def coverage(runs: pd.DataFrame) -> list[str]:
+    """Which registered tasks and optimizers the snapshot covers at MIN_SEEDS complete seeds, and which not."""
+    lines = []
+    for task in TASKS.names():
+        mine = runs[runs.task == task] if len(runs) else runs
+        refused = set(mine.loc[mine.status == NOT_APPLICABLE, "optimizer"]) if len(mine) else set()
+        done = mine[mine.status.isin(["complete", "diverged"])] if len(mine) else mine
+        seeds = done.groupby("optimizer")["seed"].nunique() if len(done) else pd.Series(dtype=int)
+        wanted = [o for o in OPTIMIZERS.names() if o not in refused]
+        full = sorted(o for o in wanted if seeds.get(o, 0) >= stats.MIN_SEEDS)
+        missing = sorted(o for o in wanted if seeds.get(o, 0) < stats.MIN_SEEDS)
+        na = f" ({', '.join(sorted(refused))} not applicable)" if refused else ""
+        if not missing:
+            lines.append(f"- `{task}`: every applicable optimizer at {stats.MIN_SEEDS}+ seeds{na}")
+        elif not full:
+            lines.append(f"- `{task}`: **not in this snapshot yet**")
+        else:
+            lines.append(
+                f"- `{task}`: {len(full)} optimizers at {stats.MIN_SEEDS}+ seeds; not yet: {', '.join(missing)}"
+            )
+    return lines
+
+
 def provenance(runs: pd.DataFrame) -> list[str]:
     """Per task: its runs' code fingerprints, commits and finishing dates."""
     if runs.empty:
@@ -205,23 +229,28 @@ def write_published(
     The report is built first (into the store's own report folder, figures skipped), so the leaderboard
     part of RESULTS.md is the report's Markdown, word for word."""
     markdown, report_dir = write_leaderboard(store, plots=False, all_code=True)
-    runs, long = load_runs(RunStore(store))
-    runs = runs[runs.status != NOT_APPLICABLE].reset_index(drop=True)
+    every, long = load_runs(RunStore(store))
+    runs = every[every.status != NOT_APPLICABLE].reset_index(drop=True) if len(every) else every
     table = leaderboard.entries(runs, tuning_records(store, runs)) if len(runs) else pd.DataFrame()
-    commands = list(commands) if commands is not None else commands_for(runs, store)
+    # The store's path is this machine's: the commands name it STORE.
+    commands = list(commands) if commands is not None else commands_for(every, Path("STORE"))
     into.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report_dir / RESULTS_PARQUET, into / RESULTS_PARQUET)
     date = (today or dt.date.today()).isoformat()
     body = [
         "# spam-bench: published results",
         "",
-        f"Generated on {date} by `spambench publish` from a results store filled by these commands "
-        "(complete runs are reused, so they resume where they stopped):",
+        f"Generated on {date} by `spambench publish --out STORE` from a results store (STORE) filled by these "
+        "commands (complete runs are reused, so they resume where they stopped; not-applicable pairs included):",
         "",
         *[f"    {c}" for c in commands],
         "",
         "Every number below is computed from the runs in `results.parquet` beside this file; each run's "
         "summary there records its spec, code fingerprint, git commit and machine.",
+        "",
+        "## Coverage",
+        "",
+        *coverage(every),
         "",
         "## Provenance",
         "",

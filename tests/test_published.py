@@ -68,7 +68,7 @@ def _expand(args: list[str], store: Path) -> set[tuple]:
     flags: dict[str, list[str]] = {}
     for flag, value in zip(args[::2], args[1::2]):
         flags.setdefault(flag, []).append(value)
-    assert flags["--out"] == [str(store)]
+    assert flags["--out"] == ["STORE"]
     opt_sets = {k[4:]: json.loads(v) for k, v in (kv.split("=", 1) for kv in flags.get("--set", []))}
     lrs = [float(x) for x in flags["--grid"][0].removeprefix("lr=").split(",")] if "--grid" in flags else [None]
     return {
