@@ -36,7 +36,8 @@ from spam_bench.suite.errors import NOT_APPLICABLE, ConfigError, NotApplicable
 from spam_bench.suite.identity import changed_parts
 from spam_bench.suite.interrupt import deferred_interrupt
 from spam_bench.suite.lock import LOCK, RunLock
-from spam_bench.suite.object_store import ObjectStore, RemoteRun
+from spam_bench.suite.object_store import ObjectStore
+from spam_bench.suite.remote_run import RemoteRun
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import (
     CHECKPOINT,
