@@ -91,3 +91,29 @@ def run_chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedP
         page.as_uri(),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+# `make test` runs two pytest-xdist workers, a test file each at a time, in collection order. Files
+# that take the longest (a Ray cluster, S3, real sweeps and kills) go first, so that the two workers
+# finish together instead of one running a long file alone at the end. Only the order changes.
+LONGEST_FIRST = (
+    "test_ray_cluster.py",
+    "test_object_store.py",
+    "test_sweep.py",
+    "test_ray_train.py",
+    "test_distributed.py",
+    "test_sensitivity_cli.py",
+    "test_tuning.py",
+    "test_store_hardening.py",
+    "test_library.py",
+    "test_tracking.py",
+    "test_contract.py",
+    "test_rl_run.py",
+    "test_bad_input_corpus.py",
+    "test_tsf_run.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's order is kept

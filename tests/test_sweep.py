@@ -117,7 +117,7 @@ def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
         "0-3",
         "--max-concurrent",
         "1",
-        sets=small_llm_sets(steps=400, eval_every=100, checkpoint_every=20),
+        sets=small_llm_sets(steps=160, eval_every=80, checkpoint_every=20),
     )
     cmd = [sys.executable, "-m", "spam_bench.runners.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -138,11 +138,11 @@ def test_a_killed_sweep_resumes_with_every_run_exactly_once(tmp_path):
     assert 1 <= done_before < 4, "the kill must land mid-sweep"
     assert main([*argv, "--resume"]) == 0
     runs = _summaries(out)
-    assert len(runs) == 4 and all(s["status"] == "complete" and s["steps"] == 400 for s in runs.values())
+    assert len(runs) == 4 and all(s["status"] == "complete" and s["steps"] == 160 for s in runs.values())
     for run_id in runs:
         steps = [
             m["step"]
             for m in read_metrics(out / "runs" / "llm" / run_id)
             if m["split"] == "train" and m["name"] == "loss"
         ]
-        assert steps == list(range(1, 401))
+        assert steps == list(range(1, 161))
