@@ -31,6 +31,7 @@ import pandas as pd
 
 from spam_bench.reports import leaderboard, sensitivity, stats
 from spam_bench.reports.build import tuning_records, write_leaderboard
+from spam_bench.reports.leaderboard import _json
 from spam_bench.reports.robust_stats import seeds_needed
 from spam_bench.reports.summary import load_runs
 from spam_bench.suite.errors import NOT_APPLICABLE
@@ -113,14 +114,8 @@ def spike_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def _loss_spikes(events: Any) -> int | None:
-    if isinstance(events, str):
-        try:
-            events = json.loads(events)
-        except ValueError:
-            return None
-    if isinstance(events, dict) and isinstance(events.get("loss_spikes"), int | float):
-        return int(events["loss_spikes"])
-    return None
+    count = _json(events).get("loss_spikes")
+    return int(count) if isinstance(count, int | float) else None
 
 
 def study_lines(study: sensitivity.Study) -> list[str]:
@@ -178,15 +173,15 @@ def commands_for(runs: pd.DataFrame, store: Path) -> list[str]:
     if runs.empty:
         return []
     plans: dict[tuple[str, ...], list[str]] = {}
-    settings_of = runs["overrides"].map(lambda o: json.dumps({k: v for k, v in _parsed(o).items() if k != "lr"}))
-    at_default_lr = runs["overrides"].map(lambda o: "lr" not in _parsed(o))  # its own command: no --grid
+    settings_of = runs["overrides"].map(lambda o: json.dumps({k: v for k, v in _json(o).items() if k != "lr"}))
+    at_default_lr = runs["overrides"].map(lambda o: "lr" not in _json(o))  # its own command: no --grid
     for (task, scale, settings_json, opt_hparams, optimizer, _), g in runs.assign(
         _settings=settings_of, _default_lr=at_default_lr
     ).groupby(["task", "scale", "_settings", "opt_hparams", "optimizer", "_default_lr"], sort=True):
         settings = json.loads(settings_json)
         sets = [f"{k}={v}" for k, v in sorted(settings.items())]
-        sets += [f"opt.{k}={v}" for k, v in sorted(_parsed(opt_hparams).items())]
-        lrs = sorted({float(lr) for lr in (_parsed(o).get("lr") for o in g["overrides"]) if lr is not None})
+        sets += [f"opt.{k}={v}" for k, v in sorted(_json(opt_hparams).items())]
+        lrs = sorted({float(lr) for lr in (_json(o).get("lr") for o in g["overrides"]) if lr is not None})
         key = (task, scale, " ".join(sets), ",".join(map(repr, lrs)), _seed_ranges(sorted({int(x) for x in g["seed"]})))
         plans.setdefault(key, []).append(optimizer)
     out = []
@@ -196,15 +191,6 @@ def commands_for(runs: pd.DataFrame, store: Path) -> list[str]:
         line += f" --grid lr={lrs}" if lrs else ""
         out.append(f"{line} --out {store}")
     return out
-
-
-def _parsed(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _seed_ranges(seeds: list[int]) -> str:
