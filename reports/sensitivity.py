@@ -7,10 +7,13 @@ at MIN_LRS or more learning rates; `spambench sensitivity` makes them. Everythin
 loss l = sign * value (reports/stats.sign), so a higher-is-better metric is mirrored, and reported back
 in the metric's own units:
 
-- cap (Wortsman's "initial loss"): the mean of the primary metric at step 0 over the problem's study
-  runs, where the task logged it (an evaluation split, step 0); otherwise (no task logs step 0 today)
-  the worst finite final value of any run in the problem's studies (every optimizer, lr and seed).
-  One cap per problem, shared by its optimizers, so their sensitivities compare.
+- cap (Wortsman's "initial loss"): the mean of the primary metric at step 0 (before training) over
+  the problem's study runs. Every task logs it (RunContext.log_initial); runs made by older code
+  did not (rl excepted), and for a problem with none of them the cap falls back to the worst finite
+  final value of any run in the problem's studies (every optimizer, lr and seed), which the report
+  says. That fallback is weak where a metric has no ceiling: a blown-up forecast's MSE can be 1e10
+  and still finite, and then it, not the optimizers, sets the sensitivity. One cap per problem,
+  shared by its optimizers, so their sensitivities compare.
 - capped value of a run: min(l, cap); a diverged run (no finite final value) counts as the cap.
 - curve: per lr, the mean of the capped values over its seeds (a seed run twice: its mean), with a
   95% percentile-bootstrap CI (reports/stats.bootstrap_ci).

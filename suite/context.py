@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from spam_bench.suite.model_info import ModelInfo
 from spam_bench.suite.phase_clock import PhaseClock
 from spam_bench.suite.resolve import ResolvedRun
 from spam_bench.suite.results import RunRecorder
-from spam_bench.suite.seeding import rng_state, set_rng_state
+from spam_bench.suite.seeding import rng_state, rng_untouched, set_rng_state
 from spam_bench.suite.spikes import SAMPLES_RAW
 from spam_bench.suite.telemetry import optimizer_state_bytes, peak_memory_bytes
 
@@ -116,6 +116,18 @@ class RunContext:
     def log(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         if self.recorder is not None:
             self.recorder.log(step, split, metrics)
+
+    def log_initial(self, split: str, evaluate: Callable[[], Mapping[str, float]]) -> None:
+        """Log `evaluate()`'s metrics at step 0, before the first update, on a fresh start.
+
+        Why: an LR study caps every run's final metric at the value before training (Wortsman et
+        al. 2023; reports/sensitivity.py), so every task logs its primary metric at step 0. The
+        evaluation runs with the global RNGs restored afterwards (seeding.rng_untouched), so the
+        training that follows is bit-identical to a run without it; a resumed run skips it (its
+        step 0 is already in metrics.jsonl). Its time falls in the time split's "other"."""
+        with rng_untouched():
+            metrics = evaluate()
+        self.log(0, split, metrics)
 
     @property
     def scratch(self) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,3 +32,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Run a block without moving any global RNG (torch, CUDA, numpy, Python): whatever it draws,
+    the code after it draws exactly what it would have drawn without it. For work that is not part
+    of training, such as the evaluation before the first step (RunContext.log_initial)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

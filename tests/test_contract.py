@@ -2,22 +2,29 @@
 
 Each task runs at its `smoke` scale (seconds on a CPU), which every task must ship. For each one:
 the one clip rule is applied and recorded the same way, the instruments log and summarise the same
-keys, an impossible optimizer is refused before the disk, a run killed mid-way resumes to the same
-numbers as an uninterrupted one, and the code fingerprint covers the task's own files.
+keys, the primary metric is logged before training, an impossible optimizer is refused before the
+disk, a run killed mid-way resumes to the same numbers as an uninterrupted one, and the code
+fingerprint covers the task's own files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
+from spam_bench.reports import sensitivity
 from spam_bench.runners.cli import main
-from spam_bench.suite import identity
+from spam_bench.suite import identity, seeding
 from spam_bench.suite.registry import TASKS
 from spam_bench.suite.results import read_json, read_metrics
 
@@ -108,6 +115,30 @@ def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
     optim = [m for m in read_metrics(_run_dir(out, s)) if m["split"] == "optim"]
     assert len([m for m in optim if m["name"] == "grad_norm"]) == s["optimizer_steps"]
     assert max(m["step"] for m in optim) == s["optimizer_steps"]  # one counter: the optimizer's steps
+
+
+def test_what_runs_before_training_leaves_every_global_rng_where_it_was():
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    seeding.seed_everything(7)
+    expected = draws()
+    seeding.seed_everything(7)
+    with seeding.rng_untouched():
+        draws(), seeding.seed_everything(123), draws()
+    assert draws() == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_logs_its_primary_metric_before_training(task, adam_clip_runs):
+    """An LR study caps each run at its metric before training (Wortsman et al.), read at step 0 by
+    the report's own reader, so the test goes through that reader."""
+    out, summaries = adam_clip_runs
+    s = summaries[task]
+    rows = pd.DataFrame(read_metrics(_run_dir(out, s))).assign(task=task, run_id=s["run_id"])
+    (initial,) = sensitivity.step0_values(rows, task, {s["run_id"]}, s["primary_metric"])
+    assert math.isfinite(initial) and initial != s["value"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from spam_bench.reports.build import write_leaderboard
-from spam_bench.reports.published import _seed_ranges
+from spam_bench.reports.published import _seed_ranges, natural_spike_lines
 from spam_bench.runners.cli import main
 from spam_bench.suite.sweep import parse_seeds
 
@@ -98,3 +98,33 @@ def test_an_into_that_is_a_file_is_refused_in_one_line(published, tmp_path, caps
     assert main(["publish", "--out", str(store), "--into", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "into: invalid value" in err
+
+
+def _run_row(task: str, optimizer: str, seed: int, loss_spikes: int, injected: int = 0, recipe: str = "defaults"):
+    events = json.dumps({"injected": injected, "loss_spikes": loss_spikes})
+    return dict(
+        task=task,
+        scale="tiny",
+        problem="defaults",
+        recipe=recipe,
+        status="complete",
+        optimizer=optimizer,
+        seed=seed,
+        spike_events=events,
+    )
+
+
+def test_natural_spikes_are_counted_without_injection_and_compared_by_the_paired_test():
+    rows = [_run_row("llm", o, s, 0) for o in ("adamw", "spam") for s in range(3)]
+    rows += [_run_row("rl", "adamw", s, n) for s, n in enumerate((10, 12, 11))]
+    rows += [_run_row("rl", "spam", s, n) for s, n in enumerate((1, 2, 1))]
+    rows += [_run_row("spikes", o, s, 5, injected=40) for o in ("adamw", "spam") for s in range(3)]
+    rows += [_run_row("rl", "spam", s, 500, recipe="lr=0.1") for s in range(3)]  # not at defaults: left out
+    lines = natural_spike_lines(pd.DataFrame(rows))
+    text = "\n".join(lines)
+    assert "`spikes`" not in text  # injected spikes are the spikes task's own finding
+    (rl,) = [line for line in lines if line.startswith("- `rl` at `tiny`")]
+    assert "adamw 11 [10, 12] (n=3)" in rl and "spam 1.333 [1, 2] (n=3)" in rl
+    assert "spam vs adamw: **spam has fewer** (paired t-test on 3 seeds" in text
+    assert "spam vs adamw: **cannot separate** (paired t-test on 3 seeds, p = 1;" in text  # llm: 0 vs 0
+    assert lines[-1].startswith("- adamw met no loss spike without injection on `llm`: not a spiky regime")

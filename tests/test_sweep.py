@@ -78,7 +78,7 @@ def test_sweep_lands_in_the_store_and_matches_the_local_runner(out_dir, tmp_path
     ]
     assert any("val_ppl" in r for r in reports)
     assert not [k for r in reports for k in r if k.startswith(("train_", "optim_"))]
-    assert len(reports) == 4 * (2 + 4 + 1)  # per trial: evaluations at 10, 20; checkpoints every 5; the end
+    assert len(reports) == 4 * (3 + 4 + 1)  # per trial: evaluations at 0, 10, 20; checkpoints every 5; the end
     # the same spec through the local runner gives the same numbers
     local = tmp_path / "local"
     argv = ["run", "--task", "llm", "--opt", "adamw", "--seed", "1", "--set", "opt.beta2=0.99", "--out", str(local)]

@@ -72,7 +72,7 @@ def test_a_small_run_learns_and_the_summary_carries_the_suites_measurements(out_
     assert summary["optimizer_state_bytes"] >= 2 * 4 * summary["n_params"]  # AdamW: m and v in fp32
     curve = _curve(run_dir)
     accs = [(step, v) for step, split, name, v in curve if (split, name) == ("test", "acc")]
-    assert [step for step, _ in accs] == [25, 50, 75, 100] and accs[-1][1] == summary["value"]
+    assert [step for step, _ in accs] == [0, 25, 50, 75, 100] and accs[-1][1] == summary["value"]
     losses = [v for _, split, name, v in curve if (split, name) == ("train", "loss")]
     assert len(losses) == 100 and sum(losses[-10:]) < sum(losses[:10]) / 2
 

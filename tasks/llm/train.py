@@ -147,6 +147,8 @@ class Trainer:
         state = ctx.load_checkpoint()
         if state is not None:
             self.restore(state)
+        else:  # the value before training: an LR study's cap (RunContext.log_initial)
+            ctx.log_initial("val", lambda: _val_metrics(evaluate(self.model, self.data, self.device)))
         tokens_per_step = c.batch_size * c.seq_len
         start_step, t0 = self.step, time.perf_counter()
         bar = ctx.progress(c.steps, self.step)
@@ -161,7 +163,7 @@ class Trainer:
                     break
                 if self.step % c.eval_every == 0 or self.step == c.steps:
                     self.val_loss = evaluate(self.model, self.data, self.device)
-                    ctx.log(self.step, "val", {"loss": self.val_loss, "ppl": _ppl(self.val_loss)})
+                    ctx.log(self.step, "val", _val_metrics(self.val_loss))
                     if not math.isfinite(self.val_loss):
                         self.diverged_step = self.step
                         break
@@ -187,6 +189,10 @@ class Trainer:
                 "tokens_per_s": (self.step - start_step) * tokens_per_step / elapsed if elapsed > 0 else None,
             },
         )
+
+
+def _val_metrics(loss: float) -> dict[str, float]:
+    return {"loss": loss, "ppl": _ppl(loss)}
 
 
 def _ppl(loss: float) -> float:

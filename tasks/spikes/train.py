@@ -32,6 +32,8 @@ def train(ctx: RunContext) -> tuple[float, int | None, int]:
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     model = build_problem(config, ctx.seed)
     optimizer = ctx.build_optimizer(model, model.model_info(), lr=config.lr)
+    with torch.no_grad():  # the value before training: an LR study's cap (RunContext.log_initial)
+        ctx.log_initial("eval", lambda: {"objective": float(model.objective())})
     objective, step = float("nan"), 0
     for step in range(1, config.steps + 1):
         gen = torch.Generator().manual_seed(ctx.seed * 1_000_003 + step)

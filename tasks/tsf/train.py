@@ -126,6 +126,16 @@ class Trainer:
         """gluonts' `configure_optimizers`, answered by the run context."""
         return self.ctx.build_optimizer(model, roles_by_rank(model), lr=self.config.lr)
 
+    def test_metrics(self, est: Any, transformation: Any, module: Any) -> dict[str, float]:
+        """The test split's metrics of `module` as it is now (sample paths drawn from the run's seed)."""
+        seed_everything(self.ctx.seed)  # DeepAR's sample paths
+        predictor = est.create_predictor(transformation, module)
+        was_training = module.training
+        try:
+            return evaluate(predictor, self.data.test)
+        finally:
+            module.train(was_training)
+
     def fit(self) -> TaskResult:
         c, ctx, seed = self.config, self.ctx, self.ctx.seed
         state = ctx.load_checkpoint()
@@ -138,6 +148,8 @@ class Trainer:
         if state is not None:
             ckpt_path = ctx.scratch / "resume.ckpt"
             torch.save(state["lightning"], ckpt_path)
+        else:  # the value before training: an LR study's cap (RunContext.log_initial)
+            ctx.log_initial("test", lambda: self.test_metrics(est, transformation, module))
 
         with _quiet(), _divergence_is_nan():
             trainer = pl.Trainer(
@@ -168,9 +180,7 @@ class Trainer:
             diverged = module.diverged_step
             metrics: dict[str, float] = {}
             if diverged is None:
-                seed_everything(seed)  # DeepAR's sample paths
-                predictor = est.create_predictor(transformation, module)
-                metrics = evaluate(predictor, self.data.test)
+                metrics = self.test_metrics(est, transformation, module)
                 ctx.log(trainer.global_step, "test", metrics)
                 if not math.isfinite(metrics["mse"]):
                     diverged = trainer.global_step

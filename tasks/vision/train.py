@@ -98,6 +98,8 @@ class Trainer:
         state = ctx.load_checkpoint()
         if state is not None:
             self.restore(state)
+        else:  # the value before training: an LR study's cap (RunContext.log_initial)
+            ctx.log_initial("test", lambda: evaluate(self.model, self.batches, c.eval_batch_size))
         start_step, train_time = self.step, 0.0
         bar = ctx.progress(c.steps, self.step)
         try:
