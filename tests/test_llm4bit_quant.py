@@ -67,6 +67,25 @@ def test_activation_outliers_are_kept_exactly_and_do_not_set_the_scale():
     assert ((rest_q - rest).abs() <= rest.abs().amax(-1, keepdim=True) / 7 / 2 + TOL).all()
 
 
+def _ties_and_nans(seed: int) -> torch.Tensor:
+    g = torch.randn(3, 50, 64, generator=torch.Generator().manual_seed(seed))
+    g[0, 0, 5] = g[0, 0, 9] = -g[0, 0].abs().max() - 1  # two equal |g| at the top of one group
+    g[1, 3, :] = 0.0  # a group of zeros: every entry ties
+    g[2, 7, 11] = float("nan")  # NaN wins
+    return g
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_outlier_picks_match_argmax_on_ties_and_nan(k):
+    # The first of equal maxima, and NaN before anything, as k argmax passes would pick them.
+    g = _ties_and_nans(k)
+    remaining, expected = g.abs(), []
+    for _ in range(k):
+        expected.append(remaining.argmax(-1, keepdim=True))
+        remaining.scatter_(-1, expected[-1], -1.0)
+    assert torch.equal(quant._top_abs_indices(g, k), torch.cat(expected, dim=-1))
+
+
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_outlier_picks_match_torch_topk(k):
     # The argmax-based picker must choose exactly what torch.topk chooses, in the same order.
