@@ -218,6 +218,7 @@ def _run(
     """Resume or start the run in `run_dir`, whose lock this process holds."""
     recorder = recorder_cls(run_dir, run.record())
     recorder.say = say  # says which checkpoint was unreadable and set aside
+    recorder.sidecars = (SAMPLES_RAW,)  # a checkpoint whose raw coordinate record was cut is set aside
     recorder.write_guard = lock.verify  # no checkpoint once another process has taken the run over
     if remote is not None:
         recorder.write_guard = _both(lock.verify, remote.verify)

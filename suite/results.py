@@ -251,6 +251,11 @@ class RunRecorder:
     # checkpoint, that this process still holds the run's lock (suite/lock.py), and what follows each
     # checkpoint written (a store on object storage uploads the run's files: suite/object_store.py).
     say: Callable[[str], None] = staticmethod(_stderr_line)
+    # Files in the run folder that others append to as the run goes (the gradient telemetry's raw
+    # coordinate record, suite/spikes.py), set by the run context: each checkpoint records their
+    # sizes, and a checkpoint whose file is now shorter (lost or cut) is set aside like a damaged one,
+    # instead of a resume padding the missing rows with zeros.
+    sidecars: tuple[str, ...] = ()
     write_guard: Callable[[], None] | None = None
     after_checkpoint: Callable[[], None] | None = None
     _unsaved_said = False  # "not checkpointing" is said once per run
@@ -309,7 +314,13 @@ class RunRecorder:
         if self.write_guard is not None:
             self.write_guard()
         self._metrics.flush()
-        state = dict(state, _metrics_bytes=self._metrics.tell(), _steps=self._steps.position(), _wall=self.wall)
+        state = dict(
+            state,
+            _metrics_bytes=self._metrics.tell(),
+            _steps=self._steps.position(),
+            _wall=self.wall,
+            _sidecars={name: self._size(name) for name in self.sidecars},
+        )
         problem = _not_plain(state)
         if problem is None:
             problem = self._write_checkpoint(state)
@@ -321,6 +332,10 @@ class RunRecorder:
                 f"run {self.dir.name}: not checkpointing (an interrupted run will not resume from here): the "
                 f"checkpoint's {problem} is neither a tensor nor plain data, which a weights-only load refuses"
             )
+
+    def _size(self, name: str) -> int:
+        path = self.dir / name
+        return path.stat().st_size if path.exists() else 0
 
     def _write_checkpoint(self, state: dict[str, Any]) -> str | None:
         """Write `state` atomically; None, or what pickling made of it that a weights-only load refuses."""
@@ -351,7 +366,7 @@ class RunRecorder:
         try:
             with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            reason = _resume_point_problem(state, metrics_size, self._steps.size())
+            reason = _resume_point_problem(state, metrics_size, self._steps.size()) or self._sidecar_problem(state)
         except (OSError, MemoryError):
             raise  # the file could not be read, which says nothing about its content
         except Exception as err:  # whatever a damaged or hostile file makes torch raise
@@ -363,6 +378,21 @@ class RunRecorder:
             aside = aside.with_name(f"{aside.name}-{os.getpid()}")
         os.replace(path, aside)
         self.say(f"run {self.dir.name}: {CHECKPOINT} is unusable ({reason}); set aside as {aside.name}, starting over")
+        return None
+
+    def _sidecar_problem(self, state: dict[str, Any]) -> str | None:
+        """Why the appended files the checkpoint counts on are not all there, or None. A checkpoint
+        from before sizes were recorded has none to check."""
+        sizes = state.get("_sidecars")
+        if sizes is None:
+            return None
+        if not isinstance(sizes, dict):
+            return f"its side-file sizes {sizes!r} are not a mapping"
+        for name, size in sizes.items():
+            if type(size) is not int or size < 0:
+                return f"its size of {name} {size!r} is not a byte count"
+            if self._size(str(name)) < size:
+                return f"{name} holds {self._size(str(name))} bytes, fewer than the {size} it had at the checkpoint"
         return None
 
     def load_checkpoint(self) -> dict[str, Any] | None:

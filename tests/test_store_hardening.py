@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,7 @@ from spam_bench.suite.results import (
     read_json,
     read_metrics,
 )
+from spam_bench.suite.spikes import SAMPLES_FILE, SAMPLES_RAW
 
 LLM = ["run", "--task", "llm", "--opt", "adamw", "--scale", "smoke"]
 
@@ -234,6 +236,22 @@ def test_a_corrupt_checkpoint_is_set_aside_and_the_run_starts_over(damage, parti
     assert _curve(partial) == _curve(straight)
     assert main([*LLM, "--out", str(out)]) == 0  # and never wedged: the next attempt reuses it
     assert "already complete" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", [Path.unlink, _truncated], ids=["lost", "cut"])
+def test_a_checkpoint_whose_gradient_record_was_cut_is_set_aside_not_padded(damage, partial, straight, capsys):
+    """The raw coordinate record is appended as the run goes and the checkpoint counts its rows; with
+    rows missing, resuming would fill them with zeros, so the checkpoint goes and the run starts over."""
+    raw = partial / SAMPLES_RAW
+    assert raw.stat().st_size > 0
+    damage(raw)
+    assert main([*LLM, "--out", str(partial.parents[2])]) == 0
+    said = [line for line in _lines(capsys.readouterr().err) if CHECKPOINT in line]
+    assert len(said) == 1 and f"{SAMPLES_RAW} holds" in said[0] and "starting over" in said[0], said
+    assert _curve(partial) == _curve(straight)
+    with np.load(partial / SAMPLES_FILE) as got, np.load(straight / SAMPLES_FILE) as want:
+        assert sorted(got.files) == sorted(want.files)
+        assert all(np.array_equal(got[k], want[k]) for k in want.files)
 
 
 class _Planted:
