@@ -147,13 +147,45 @@ def _loss_spikes(events: Any) -> int | None:
 
 
 def study_lines(study: sensitivity.Study) -> list[str]:
-    """Each optimizer's best lr, stable-range width and LR sensitivity in one LR study."""
-    return [
+    """Each optimizer's best lr, stable-range width and LR sensitivity in one LR study (with bootstrap CIs),
+    then each optimizer against AdamW on both: wider or narrower, less or more sensitive, or cannot separate."""
+    lines = [
         f"{c.label}: best lr {_fmt(c.best_lr)}, within {sensitivity.WITHIN_BEST:.0%} of its best from lr "
-        f"{_fmt(c.good_lo)} to {_fmt(c.good_hi)} ({_fmt(c.width)} decades), LR sensitivity {_fmt(c.sensitivity)} "
-        f"({int(c.seeds.min())}-{int(c.seeds.max())} seeds per lr, {int(c.diverged.sum())} diverged)"
+        f"{_fmt(c.good_lo)} to {_fmt(c.good_hi)} ({_fmt(c.width)} decades {_ci(c.width_ci)}), LR sensitivity "
+        f"{_fmt(c.sensitivity)} {_ci(c.sensitivity_ci)} ({int(c.seeds.min())}-{int(c.seeds.max())} seeds per lr, "
+        f"{int(c.diverged.sum())} diverged)"
         for c in study.curves
     ]
+    base = [c for c in study.curves if c.optimizer == BASELINE and not c.opt_hparams]
+    for c in study.curves:
+        if base and c is not base[0]:
+            lines.append(f"{c.label} vs {BASELINE}: {_study_comparison(sensitivity.differences(c, base[0]))}")
+    return lines
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    return f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else "[no CI: an lr has < 2 seeds]"
+
+
+def _study_comparison(diff: Mapping[str, sensitivity.Difference]) -> str:
+    width, sens = diff["width"], diff["sensitivity"]
+    if not math.isfinite(width.lo):
+        return "not compared (different lrs, or an lr with fewer than 2 seeds)"
+    ranged = (
+        f"stable range **{'wider' if width.value > 0 else 'narrower'}** by {_fmt(abs(width.value))} decades"
+        if width.resolved
+        else "stable range: **cannot separate**"
+    )
+    sensed = (
+        f"LR sensitivity **{'lower' if sens.value < 0 else 'higher'}**"
+        if sens.resolved
+        else "LR sensitivity: **cannot separate**"
+    )
+    return (
+        f"{ranged} (difference {_fmt(width.value)} decades [{_fmt(width.lo)}, {_fmt(width.hi)}]); {sensed} "
+        f"(difference {_fmt(sens.value)} [{_fmt(sens.lo)}, {_fmt(sens.hi)}]); 95% bootstrap CIs over seeds"
+    )
 
 
 def coverage(runs: pd.DataFrame) -> list[str]:

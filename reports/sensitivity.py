@@ -21,6 +21,8 @@ in the metric's own units:
   as good as the best; it is at most |cap - best|. With --lrs A..B:N the lrs are log-spaced, so the
   mean is Wortsman's expectation over a log-uniform lr in [A, B].
 - best lr: the lr of the curve's best value (the smaller lr on a tie).
+- CIs of a width and a sensitivity, and of one optimizer's minus another's (`differences`): 95%
+  percentile bootstrap, each lr's seeds resampled with replacement (each optimizer's independently).
 - good range: the contiguous run of tested lrs around the best lr whose curve values are within
   WITHIN_BEST of the best (l <= best + WITHIN_BEST * |best|); width = log10(its highest / lowest lr) in
   decades: 0 when only the best lr qualifies, log10(B / A) when all do. Measured between tested lrs,
@@ -48,6 +50,7 @@ from spam_bench.reports.leaderboard import effective_lr, problem_label, problem_
 MIN_LRS = 3  # distinct learning rates an optimizer needs for an LR study
 WITHIN_BEST = 0.05  # an lr is in the good range when its mean is within 5% of the best lr's
 STUDY_KEYS = ["task", "scale", "problem"]
+CURVE_RESAMPLES = 2000  # bootstrap resamples behind the CIs of a width and an LR sensitivity
 CAP_STEP0 = "the mean {metric} at step 0 (before training)"
 CAP_WORST = "the worst finite final {metric} of any run in this study (no step-0 value logged)"
 _EVAL_SKIP = ("train", "optim", "final")  # per-step and final splits: not an evaluation at step 0
@@ -93,6 +96,72 @@ def width_decades(lrs: Sequence[float], curve: ArrayLike, within: float = WITHIN
     return float(math.log10(hi / lo))
 
 
+def bootstrap_curves(per_lr: Sequence[np.ndarray], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, lrs) loss curves: at each lr, the mean of its seeds' values drawn with replacement.
+
+    Seeds are resampled within each lr, since each lr's runs are separate runs; every summary of a
+    curve (its width, its sensitivity) then gets a percentile CI from the resampled curves."""
+    out = np.empty((resamples, len(per_lr)))
+    for j, values in enumerate(per_lr):
+        v = np.asarray(values, dtype=float)
+        out[:, j] = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    return out
+
+
+def _percentiles(x: np.ndarray) -> tuple[float, float]:
+    tail = 100 * (1 - stats.CONFIDENCE) / 2
+    lo, hi = np.percentile(x, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _resampled(curve: Curve, rng: np.random.Generator) -> np.ndarray | None:
+    """Bootstrap curves of `curve`, or None where an lr has fewer than 2 seeds (no spread to resample)."""
+    if not curve.per_lr or min(len(v) for v in curve.per_lr) < 2:
+        return None
+    return bootstrap_curves(curve.per_lr, CURVE_RESAMPLES, rng)
+
+
+def _curve_cis(curve: Curve) -> None:
+    boots = _resampled(curve, np.random.default_rng(stats.BOOTSTRAP_SEED))
+    if boots is None:
+        return
+    curve.width_ci = _percentiles(np.array([width_decades(curve.lrs, b) for b in boots]))
+    curve.sensitivity_ci = _percentiles(np.array([lr_sensitivity(b) for b in boots]))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A curve summary of optimizer A minus B's, with a 95% percentile-bootstrap CI (NaN: not comparable)."""
+
+    value: float
+    lo: float
+    hi: float
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the CI excludes 0: the data separate A from B on this summary."""
+        return bool(self.lo > 0 or self.hi < 0)
+
+
+def differences(a: Curve, b: Curve) -> dict[str, Difference]:
+    """A's width and LR sensitivity minus B's, each with a bootstrap CI over seeds (each optimizer's seeds
+    resampled independently, within each lr). Comparable only on the same lrs, with 2+ seeds at each."""
+    nan = Difference(math.nan, math.nan, math.nan)
+    if len(a.lrs) != len(b.lrs) or not np.allclose(a.lrs, b.lrs):
+        return {"width": nan, "sensitivity": nan}
+    rng = np.random.default_rng(stats.BOOTSTRAP_SEED)
+    boots_a, boots_b = _resampled(a, rng), _resampled(b, rng)
+    if boots_a is None or boots_b is None:
+        return {"width": nan, "sensitivity": nan}
+    summaries = {"width": lambda c: width_decades(a.lrs, c), "sensitivity": lr_sensitivity}
+    points = {"width": a.width - b.width, "sensitivity": a.sensitivity - b.sensitivity}
+    out = {}
+    for name, summary in summaries.items():
+        diff = np.array([summary(x) for x in boots_a]) - np.array([summary(y) for y in boots_b])
+        out[name] = Difference(float(points[name]), *_percentiles(diff))
+    return out
+
+
 # ------------------------------------------------------------------------------------- the runs -> studies
 @dataclass
 class Curve:
@@ -112,6 +181,9 @@ class Curve:
     good_lo: float = math.nan
     good_hi: float = math.nan
     width: float = math.nan  # decades
+    width_ci: tuple[float, float] = (math.nan, math.nan)  # 95% bootstrap CI over seeds
+    sensitivity_ci: tuple[float, float] = (math.nan, math.nan)
+    per_lr: list[np.ndarray] = field(default_factory=list, repr=False)  # capped loss per seed, per lr
 
     @property
     def label(self) -> str:
@@ -194,9 +266,11 @@ def _curve(g: pd.DataFrame, optimizer: str, opt_hparams: str, cap_loss: float, s
     his: list[float] = []
     seeds: list[int] = []
     diverged: list[int] = []
+    per_lr: list[np.ndarray] = []
     for lr, at in g.groupby("lr", sort=True):
         at = at.assign(capped=capped(at["loss"].to_numpy(dtype=float), cap_loss))
         per_seed = at.groupby("seed")["capped"].mean().to_numpy(dtype=float)
+        per_lr.append(per_seed)
         lo, hi = stats.bootstrap_ci(per_seed.tolist())
         lrs.append(float(lr))  # type: ignore[arg-type]  # the group key: one of the float lrs
         means.append(float(np.mean(per_seed)))
@@ -208,7 +282,7 @@ def _curve(g: pd.DataFrame, optimizer: str, opt_hparams: str, cap_loss: float, s
     loss_curve = np.array(means)
     i = best_index(loss_curve)
     good_lo, good_hi = good_range(lrs, loss_curve)
-    return Curve(
+    curve = Curve(
         optimizer=optimizer,
         opt_hparams=_opt_label(opt_hparams),
         lrs=np.array(lrs),
@@ -223,7 +297,10 @@ def _curve(g: pd.DataFrame, optimizer: str, opt_hparams: str, cap_loss: float, s
         good_lo=good_lo,
         good_hi=good_hi,
         width=float(math.log10(good_hi / good_lo)),
+        per_lr=per_lr,
     )
+    _curve_cis(curve)
+    return curve
 
 
 def studies(runs: pd.DataFrame, long: pd.DataFrame | None = None) -> list[Study]:
@@ -265,10 +342,12 @@ def _table(study: Study) -> Table:
         "seeds",
         "diverged",
         "LR sensitivity (lower is better)",
+        "95% CI",
         "best lr",
         f"{study.metric} at best lr ({better} is better)",
         f"lrs within {WITHIN_BEST:.0%} of best",
         "width (decades)",
+        "95% CI",
     ]
     rows = [
         [
@@ -277,14 +356,21 @@ def _table(study: Study) -> Table:
             str(int(c.seeds.max())) if len(c.seeds) else "0",
             f"{int(c.diverged.sum())} of {int(c.seeds.sum())}",
             fmt(c.sensitivity, 3),
+            _ci(c.sensitivity_ci, 3),
             fmt(c.best_lr, 3),
             fmt(c.best_value, 4),
             fmt(c.good_lo, 3) if c.good_lo == c.good_hi else f"{fmt(c.good_lo, 3)}–{fmt(c.good_hi, 3)}",
             f"{c.width:.2f}",
+            _ci(c.width_ci, 3),
         ]
         for c in study.curves
     ]
     return Table(header, rows)
+
+
+def _ci(ci: tuple[float, float], digits: int) -> str:
+    lo, hi = ci
+    return "–" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
 def method_text(study: Study) -> str:
@@ -296,7 +382,8 @@ def method_text(study: Study) -> str:
         f"counts at the cap. Cap = {cap} = {fmt(study.cap, 4)}. Each point is the mean over seeds of the capped "
         f"values (band: 95% percentile-bootstrap CI; x = a diverged seed, drawn at the cap). Width = decades of "
         f"lr, between tested lrs, of the contiguous range around the best lr whose mean is within "
-        f"{WITHIN_BEST:.0%} of the best."
+        f"{WITHIN_BEST:.0%} of the best. CIs of the width and the sensitivity: 95% percentile bootstrap, seeds "
+        f"resampled within each lr ({CURVE_RESAMPLES} resamples; '–' where an lr has fewer than 2 seeds)."
     )
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -141,6 +142,51 @@ def test_seeds_average_with_a_bootstrap_ci_and_opt_values_make_separate_studies(
     assert (curve.ci_lo <= curve.mean).all() and (curve.mean <= curve.ci_hi).all() and (curve.ci_lo < curve.ci_hi).all()
 
 
+def _noisy(curve, seeds=3, noise=0.01, **kw):
+    """Runs at lrs 1e-4..1e-1 with the given loss per lr, each seed off by a little."""
+    lrs = (1e-4, 1e-3, 1e-2, 1e-1)
+    return _runs([(lr, s, v + noise * (s - 1)) for lr, v in zip(lrs, curve) for s in range(seeds)], **kw)
+
+
+def test_a_flat_optimizer_is_wider_and_less_sensitive_than_a_peaked_one_and_the_cis_say_so():
+    runs = pd.concat([_noisy([1.0, 1.0, 1.0, 1.0], optimizer="flat"), _noisy([3.0, 1.0, 3.0, 3.0], optimizer="peaked")])
+    (study,) = studies(runs)
+    flat, peaked = study.curves
+    assert flat.width == pytest.approx(3.0) and flat.width_ci == pytest.approx((3.0, 3.0))
+    assert peaked.width == 0.0 and peaked.width_ci == (0.0, 0.0)
+    lo, hi = peaked.sensitivity_ci
+    assert lo <= peaked.sensitivity <= hi and hi - lo > 0  # seeds differ: a real spread
+    diff = sensitivity.differences(flat, peaked)
+    assert diff["width"].value == pytest.approx(3.0) and diff["width"].resolved and diff["width"].lo > 0
+    assert diff["sensitivity"].value < 0 and diff["sensitivity"].resolved
+
+
+def test_curves_the_seeds_cannot_tell_apart_are_not_separated():
+    # the same curve under two names: every difference is 0 and its CI straddles it
+    runs = pd.concat([_noisy([2.0, 1.0, 1.04, 3.0], noise=0.05, optimizer=o) for o in ("a", "b")])
+    a, b = studies(runs)[0].curves
+    diff = sensitivity.differences(a, b)
+    assert diff["width"].value == 0 and diff["sensitivity"].value == 0
+    assert not diff["width"].resolved and not diff["sensitivity"].resolved
+    assert diff["sensitivity"].lo < 0 < diff["sensitivity"].hi
+
+
+def test_one_seed_per_lr_gives_no_ci_and_different_lrs_no_comparison():
+    (one,) = studies(_noisy([2.0, 1.0, 3.0, 3.0], seeds=1)).pop().curves
+    assert all(math.isnan(x) for x in (*one.width_ci, *one.sensitivity_ci))
+    other = _runs([(lr, s, 1.0 + s / 100) for lr in (1e-3, 1e-2, 1e-1) for s in range(3)], optimizer="other")
+    a, b = studies(pd.concat([_noisy([2.0, 1.0, 3.0, 3.0]), other]))[0].curves
+    assert all(math.isnan(d.lo) for d in sensitivity.differences(a, b).values())
+
+
+def test_bootstrap_curves_resample_seeds_within_each_lr():
+    per_lr = [np.array([1.0, 1.0]), np.array([0.0, 2.0])]
+    boots = sensitivity.bootstrap_curves(per_lr, 4000, np.random.default_rng(0))
+    assert boots.shape == (4000, 2) and (boots[:, 0] == 1.0).all()
+    assert set(np.unique(boots[:, 1])) == {0.0, 1.0, 2.0}  # means of 2 draws of {0, 2}
+    assert abs(boots[:, 1].mean() - 1.0) < 0.05
+
+
 # ------------------------------------------------------------------------------------------ the section
 def test_the_section_sits_in_its_task_with_the_definition_and_a_table_per_optimizer():
     runs = pd.concat(
@@ -173,7 +219,7 @@ def test_the_section_sits_in_its_task_with_the_definition_and_a_table_per_optimi
         line.split(" | ")[0].strip("| "): line.split(" | ") for line in section.splitlines() if line.startswith("| ")
     }
     assert rows["adamw"][1:5] == ["3 (0.001–0.1)", "3", "0 of 9", "0.333"]
-    assert rows["spam"][4:9] == ["0", "0.001", "1", "0.001–0.1", "2.00 |"]
+    assert rows["spam"][4:11] == ["0", "[0, 0]", "0.001", "1", "0.001–0.1", "2.00", "[2, 2] |"]
     # the rest of the report is what it is without the section
     start = md.index("### LR sensitivity")
     end = md.index("\n## ", start) + 1

@@ -169,7 +169,7 @@ def test_a_study_end_to_end_lands_in_the_report_and_renders_in_headless_chromium
     rows = {r.split(" | ")[0].strip("| "): r.split(" | ") for r in section.splitlines() if r.startswith("| ")}
     for optimizer in ("adamw", "spam"):
         assert rows[optimizer][1:3] == ["3 (0.001–0.1)", "3"]
-        assert float(rows[optimizer][4]) >= 0 and float(rows[optimizer][5]) in (0.001, 0.01, 0.1)
+        assert float(rows[optimizer][4]) >= 0 and float(rows[optimizer][6]) in (0.001, 0.01, 0.1)
     (image,) = re.findall(r"!\[(lr-sensitivity-spikes-smoke-[0-9a-f]{8}\.png)\]\(\1\)", section)
     heading = "<h3>LR sensitivity · spikes/smoke [with_clean_twin=False]</h3>"
     page = report / "leaderboard.html"
