@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
+from spam_bench.optimizers import spam_triton
 from spam_bench.optimizers.perf import state_bytes
 from spam_bench.optimizers.spam import make as make_spam
 from spam_bench.suite.model_info import ModelInfo
@@ -30,7 +31,12 @@ from spam_bench.suite.model_info import ModelInfo
 BASELINE = "torch AdamW fused"
 DENSE_TARGET = 1.2  # dense SPAM <= 1.2x fused AdamW; sparse (d = 0.25) no slower than dense
 DENSITY = 0.25
-DEVICE_KERNELS = ("eager", "compiled")  # the SPAM kernels that run on CUDA (native is CPU-only C)
+DEVICE_KERNELS = ("eager", "compiled", "triton")  # the SPAM kernels that run on CUDA (native is CPU-only C)
+
+
+def default_kernels() -> tuple[str, ...]:
+    """The device kernels that can run here: triton only where Triton is installed."""
+    return tuple(k for k in DEVICE_KERNELS if k != "triton" or spam_triton.unavailable_reason() is None)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """SPAM: Spike-Aware Adam with Momentum Reset (Huang et al., arXiv 2501.06842, ICLR 2025).
 
 Our own implementation of the official HEAD semantics (TianjinYellow/SPAM-Optimizer `e8185fb`, as
-docs/spam.md#update-rule and #sparse-momentum describe them). Three kernels, same results (tests
+docs/spam.md#update-rule and #sparse-momentum describe them). Four kernels, same results (tests
 compare each with a literal oracle); `kernel="auto"` (default) takes the first that applies:
 
 - native: float32 tensors on CPU go through `spam_kernel.c` (built on first use by `spam_native`),
@@ -18,6 +18,8 @@ compare each with a literal oracle); `kernel="auto"` (default) takes the first t
 - `kernel="compiled"`: clip + Adam fused into one torch.compile kernel per tensor (and gather +
   clip + Adam + scatter for masked entries): every process pays a one-off compile, which is why it
   is never chosen automatically; useful on accelerators.
+- `kernel="triton"`: the same fusion written as Triton kernels (`spam_triton`), for CUDA, counting
+  clipped entries on the device; needs `triton` installed. Never chosen automatically either.
 
 `make perf` (`spambench perf`) measures each kernel's speed and state size against fused AdamW; the
 README records the results next to that command.
@@ -65,7 +67,7 @@ from typing import Any
 
 import torch
 
-from spam_bench.optimizers import spam_native
+from spam_bench.optimizers import spam_native, spam_triton
 from spam_bench.optimizers.state_io import restore_saved_dtypes
 from spam_bench.suite.config import param
 from spam_bench.suite.model_info import MATRIX_ROLES, ModelInfo
@@ -73,7 +75,7 @@ from spam_bench.suite.registry import OptimizerSpec
 from spam_bench.suite.search_space import Dist
 
 STATE_DTYPES = ("param", "float32")
-KERNELS = ("auto", "native", "eager", "compiled")
+KERNELS = ("auto", "native", "eager", "compiled", "triton")
 DEFAULT_BLOCK = 1 << 18  # elements per CPU cache block (1 MiB of fp32 per buffer)
 
 
@@ -151,6 +153,8 @@ class SPAM(torch.optim.Optimizer):
         self.guard_zero_v, self.state_dtype, self.kernel = guard_zero_v, state_dtype, kernel
         if kernel == "native" and spam_native.load() is None:
             raise RuntimeError(f"SPAM: kernel='native' is unavailable: {spam_native.unavailable_reason()}")
+        if kernel == "triton" and spam_triton.unavailable_reason() is not None:
+            raise RuntimeError(f"SPAM: kernel='triton' is unavailable: {spam_triton.unavailable_reason()}")
         self._mask_gen = torch.Generator(device="cpu")
         self._mask_gen.manual_seed(mask_seed)
         self._step = 0  # K: completed calls; call t = K + 1
@@ -284,6 +288,8 @@ class SPAM(torch.optim.Optimizer):
                 self._native_bucket(bucket, step_size, beta1, beta2, group["eps"], clip)
             elif kernel == "compiled":
                 self._compiled_bucket(bucket, device, step_size, beta1, beta2, group["eps"], clip)
+            elif kernel == "triton":
+                self._triton_bucket(bucket, device, step_size, beta1, beta2, group["eps"], clip)
             else:
                 self._eager_bucket(bucket, device, dtype, step_size, beta1, beta2, group["eps"], clip)
         targets = [it.target for it in items]
@@ -504,6 +510,37 @@ class SPAM(torch.optim.Optimizer):
                         it.target.view(-1), it.g, index, m[s:e], v[s:e], hp, clip, self.guard_zero_v
                     )
 
+    def _triton_bucket(
+        self,
+        bucket: list[_Item],
+        device: torch.device,
+        step_size: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        clip: bool,
+    ) -> None:
+        reason = spam_triton.unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"SPAM: kernel='triton' cannot step {device} tensors: {reason}")
+        # Complements in float64 first (1 - float32(0.999) is off by 1e-5 relative), then float32 in the kernel.
+        hyper = (self.spike_threshold, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps)
+        block = self._block(device)
+        for it in bucket:
+            flat, m, v = it.target.view(-1), it.state["exp_avg"].view(-1), it.state["exp_avg_sq"].view(-1)
+            if not it.masked:
+                counts = [spam_triton.step(flat, it.g, m, v, hyper, clip, self.guard_zero_v)]
+            else:
+                counts = [
+                    spam_triton.step(flat, it.g, m[s:e], v[s:e], hyper, clip, self.guard_zero_v, index)
+                    for s, e, index in self._segments(it, block)
+                    if e > s
+                ]
+            if clip and self.track_clipping and self.clipped_last_step is not None:
+                clipped = int(sum(int(c) for c in counts))  # the one host sync, only when telemetry asks
+                if clipped:
+                    self.clipped_last_step[it.p] = self.clipped_last_step.get(it.p, 0) + clipped
+
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
@@ -617,8 +654,9 @@ class SPAMConfig:
     kernel: str = param(
         "auto",
         "Step kernel: 'native' (C, float32 on CPU, built on first use), 'eager' (torch ops), "
-        "'compiled' (torch.compile; a one-off compile per process); 'auto' = native where it "
-        "applies, else eager. Same results (tests compare each with the oracle).",
+        "'compiled' (torch.compile; a one-off compile per process), 'triton' (fused Triton kernels for "
+        "CUDA; needs triton); 'auto' = native where it applies, else eager. Same results (tests compare "
+        "each with the oracle).",
         choices=KERNELS,
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from spam_bench.optimizers import perf_cuda
+from spam_bench.optimizers import perf_cuda, spam_triton
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.registry import TASKS
 from spam_bench.suite.resolve import check_device
@@ -73,7 +73,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", required=True, help="cuda, cuda:N or cpu (cpu: a dry run of the same code)")
     ap.add_argument("--scales", default="paper-60m,paper-1b", help="llm scales whose shapes are timed")
     ap.add_argument("--dtypes", default="bfloat16,float32", help="parameter (and SPAM state) dtypes")
-    ap.add_argument("--kernels", default=",".join(perf_cuda.DEVICE_KERNELS), help="SPAM kernels: eager,compiled")
+    ap.add_argument(
+        "--kernels",
+        default=",".join(perf_cuda.default_kernels()),
+        help="SPAM kernels, of eager,compiled,triton (default: those that can run here)",
+    )
     ap.add_argument("--shrink", type=int, default=1, help="divide widths, vocabulary and depth by this (dry runs)")
     ap.add_argument("--warmup", type=int, default=25, help="untimed steps first (> clip_delay 20)")
     ap.add_argument("--number", type=int, default=10, help="steps per timed block")
@@ -95,6 +99,9 @@ def _checked(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]
     for kernel in kernels:
         if kernel not in perf_cuda.DEVICE_KERNELS:
             raise ConfigError("kernels", kernel, list(perf_cuda.DEVICE_KERNELS))
+        reason = spam_triton.unavailable_reason(torch.device(args.device)) if kernel == "triton" else None
+        if reason is not None:
+            raise ConfigError("kernels", kernel, f"{', '.join(perf_cuda.DEVICE_KERNELS[:2])} here ({reason})")
     for name in ("shrink", "warmup", "number", "blocks"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise ConfigError(name, getattr(args, name), ">= 0" if name == "warmup" else ">= 1")

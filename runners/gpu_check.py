@@ -4,8 +4,9 @@ Three sections, each recorded even when another fails:
 
 1. tests: the test files that skip without CUDA (`skipif(not torch.cuda.is_available())`, found by
    grepping tests/), run with pytest `-k cuda`;
-2. perf: `spambench perf --device cuda` (runners/device_perf.py): fused AdamW against SPAM's eager and
-   compiled kernels, dense and d = 0.25, on LLaMA-60M and LLaMA-1B shapes, bf16 and fp32;
+2. perf: `spambench perf --device cuda` (runners/device_perf.py): fused AdamW against SPAM's eager,
+   compiled and Triton kernels (Triton where installed), dense and d = 0.25, on LLaMA-60M and LLaMA-1B
+   shapes, bf16 and fp32;
 3. llm: 200 steps of the llm task's `paper-60m` scale through `spambench run`'s code path, on C4-format
    data and a word-level tokenizer generated here (runners/synthetic_c4.py: the GPU machine has no
    network, so neither C4 nor the T5 tokenizer), printing tokens/s and the model FLOPs utilisation
