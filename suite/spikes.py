@@ -49,7 +49,10 @@ COARSE_ROLE = {
 GSS_THRESHOLD = 50.0
 SAMPLES_FILE, SAMPLES_INDEX, SAMPLES_RAW = "grad_samples.npz", "grad_samples.json", "grad_samples.f32"
 KEEP_GSS = 10.0  # entries above this GSS are kept whole: spike counts at any threshold >= it stay exact
-TRACE_ROWS = 512  # the thinned trace kept for figures
+# The thinned trace kept for figures and notebooks. It is most of a run folder's bytes (rows x sampled
+# coordinates of float32, which barely compress), so it is short: 128 evenly spaced steps (512 made a tiny
+# llm run 5 MB, of which 4.7 MB was this trace). Per-step gradient norms stay whole in steps.parquet.
+TRACE_ROWS = 128
 
 
 class GradientTelemetry:
