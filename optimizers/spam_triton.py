@@ -53,16 +53,25 @@ def step(
     Returns the number of clipped entries as a 0-d int32 tensor on p's device (no host sync)."""
     import triton
 
-    from spam_bench.optimizers.spam_triton_kernels import dense, masked
+    from spam_bench.optimizers.spam_triton_kernels import spam_step
 
     n = m.numel()
     clipped = torch.zeros((), dtype=torch.int32, device=p.device)
     if n == 0:
         return clipped
-    grid = (triton.cdiv(n, BLOCK),)
-    flags = dict(CLIP=clip, GUARD=guard_zero_v, BLOCK=BLOCK)
-    if index is None:
-        dense[grid](p, g, m, v, clipped, n, *hyper, **flags)
-    else:
-        masked[grid](p, g, index, m, v, clipped, n, *hyper, **flags)
+    masked = index is not None
+    spam_step[(triton.cdiv(n, BLOCK),)](
+        p,
+        g,
+        index if masked else m,
+        m,
+        v,
+        clipped,
+        n,
+        *hyper,
+        MASKED=masked,
+        CLIP=clip,
+        GUARD=guard_zero_v,
+        BLOCK=BLOCK,
+    )
     return clipped

@@ -20,41 +20,7 @@ def clip_spikes(g, v, inside, theta, clipped_ptr, GUARD: tl.constexpr):
 
 
 @triton.jit
-def dense(
-    p_ptr,
-    g_ptr,
-    m_ptr,
-    v_ptr,
-    clipped_ptr,
-    n,
-    theta,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    step_size,
-    eps,
-    CLIP: tl.constexpr,
-    GUARD: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < n
-    g = tl.load(g_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    p = tl.load(p_ptr + offs, mask=inside, other=0.0)
-    if CLIP:
-        g = clip_spikes(g, v, inside, theta, clipped_ptr, GUARD)
-    m = m + one_minus_beta1 * (g - m)  # torch's lerp for a weight below 0.5
-    v = v * beta2 + one_minus_beta2 * g * g
-    update = step_size * (m / (tl.sqrt(v) + eps))
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=inside)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=inside)
-    tl.store(p_ptr + offs, (p.to(tl.float32) - update).to(p_ptr.dtype.element_ty), mask=inside)
-
-
-@triton.jit
-def masked(
+def spam_step(
     p_ptr,
     g_ptr,
     index_ptr,
@@ -68,13 +34,19 @@ def masked(
     one_minus_beta2,
     step_size,
     eps,
+    MASKED: tl.constexpr,
     CLIP: tl.constexpr,
     GUARD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """Entries [pid * BLOCK, +BLOCK) of the moments: of p and g at the same offsets (dense), or at the
+    flat positions index_ptr holds there (MASKED: compact moments, p and g gathered and p scattered)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
-    at = tl.load(index_ptr + offs, mask=inside, other=0)
+    if MASKED:
+        at = tl.load(index_ptr + offs, mask=inside, other=0)
+    else:
+        at = offs
     g = tl.load(g_ptr + at, mask=inside, other=0.0).to(tl.float32)
     m = tl.load(m_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(tl.float32)
