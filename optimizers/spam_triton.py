@@ -1,15 +1,15 @@
 """SPAM's per-tensor step as one Triton kernel (`SPAM(kernel="triton")`), for CUDA.
 
 Why: on a GPU the eager kernel is a chain of torch ops, each a pass over memory, and fused AdamW is
-one. These kernels do SPAM's whole step in one pass, like the C kernel does on CPU: load g, m, v and
+one. This kernel does SPAM's whole step in one pass, like the C kernel does on CPU: load g, m, v and
 p; clip spikes (g² > θv, the test of docs/spam.md#spike-aware-clipping); update the moments; write
 p. For a masked tensor it does the same for a list of flat positions with compact moments (gather,
 clip, Adam, scatter). Arithmetic is in float32 whatever the state dtype, and each tensor's clipped entries
 are counted with one atomic add per block.
 
-Triton is optional: the `gpu` extra installs it (and `dev`, for the tests); CUDA builds of torch bring it. With
-`TRITON_INTERPRET=1` Triton runs these kernels on CPU tensors with its interpreter, which is how the
-tests check it against the oracle on a machine without a GPU; its speed is measured on CUDA by
+Triton is optional: the `gpu` extra installs it (and `dev`, for the tests); CUDA builds of torch
+bring it. With `TRITON_INTERPRET=1` Triton runs the kernel on CPU tensors with its interpreter, which
+is how the tests check it against the oracle on a machine without a GPU; its speed is measured on CUDA by
 `spambench perf --device cuda` (`make gpu-check`).
 """
 
