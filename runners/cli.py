@@ -387,8 +387,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     options.url = store.url if isinstance(store, ObjectStore) else None
     if getattr(args, "check_placement", None) is not None:
         return _check_placement(args.check_placement, runs, options, args.resume)
-    pending = [r for r in runs if not store.completed(r.spec.task, r.spec.run_id)]
-    print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run")
+    from spam_bench.suite.lifecycle import reusable
+
+    pending = [r for r in runs if not reusable(r, store)]
+    stale = sum(store.completed(r.spec.task, r.spec.run_id) for r in pending)
+    again = f" ({stale} complete by other code, re-run)" if stale else ""
+    print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run{again}")
     if not pending and not args.resume:
         return 0
     from spam_bench.runners.ray_tune import sweep

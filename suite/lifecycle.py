@@ -75,6 +75,17 @@ def _is_current(run: ResolvedRun, run_dir: Path) -> bool:
     return old is not None and old.get("id") == run.code["id"]
 
 
+def reusable(run: ResolvedRun, store: RunStore) -> bool:
+    """Whether `execute` would reuse `run` from `store` without training: complete, by the current code.
+
+    Sweeps count what is left to do with this, so that they and `spambench run` agree: a complete run
+    made by other code is not "already complete", it is re-run (and set aside first, in `_locked`)."""
+    run_dir = store.run_dir(run.spec.task, run.spec.run_id)
+    # On object storage, complete means the remote summary exists: only it is staged to be checked.
+    complete = store.pull_summary if isinstance(store, ObjectStore) else RunStore.is_complete
+    return complete(run_dir) and _is_current(run, run_dir)
+
+
 def _set_aside_if_stale(run: ResolvedRun, store: RunStore, run_dir: Path, say: Callable[[str], None]) -> Path | None:
     """Move a run folder made by other code out of the way, telling the user what changed; where it went."""
     if not run_dir.exists() or all(p.name == LOCK for p in run_dir.iterdir()):
@@ -119,9 +130,7 @@ def execute(
     if not world.is_main:
         return _follow(run, run_dir, world)
     try:
-        # On object storage, complete means the remote summary exists: only it is staged to be checked.
-        complete = store.pull_summary if isinstance(store, ObjectStore) else RunStore.is_complete
-        reused = not force and complete(run_dir) and _is_current(run, run_dir)
+        reused = not force and reusable(run, store)
     except BaseException:
         world.broadcast("failed")
         raise

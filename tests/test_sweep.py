@@ -30,6 +30,26 @@ def _summaries(out):
     return {p.parent.name: read_json(p) for p in out.glob("runs/llm/*/summary.json")}
 
 
+def test_a_sweep_reruns_a_complete_run_made_by_other_code_as_spambench_run_does(out_dir, capsys):
+    """Complete means complete by the current code for a sweep too: a run from other code is set aside
+    and re-run, not counted as done (the lifecycle's rule, suite/lifecycle.py)."""
+    argv = _sweep_argv(out_dir, "--opt", "adamw", "--seeds", "0")
+    assert main(argv) == 0
+    (path,) = out_dir.glob("runs/llm/*/summary.json")
+    record = read_json(path)
+    current = record["code"]["id"]
+    record["code"]["id"] = "0" * 12  # as if another version of the code had made it
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "sweep: 1 runs, 0 already complete, 1 to run (1 complete by other code, re-run)" in capsys.readouterr().out
+    assert read_json(path)["code"]["id"] == current
+    (kept,) = out_dir.glob("superseded/llm/*")
+    assert read_json(kept / "summary.json")["code"]["id"] == "0" * 12
+    assert main(argv) == 0
+    assert "1 already complete, 0 to run" in capsys.readouterr().out
+
+
 def test_seed_ranges_and_lists_expand():
     assert parse_seeds("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
     assert parse_grid(["lr=1e-3,3e-3", "opt.beta2=0.95"]) == {"lr": ["1e-3", "3e-3"], "opt.beta2": ["0.95"]}
