@@ -106,7 +106,7 @@ def natural_spike_lines(runs: pd.DataFrame) -> list[str]:
         events = [_json(v) for v in g["spike_events"]]
         if any(e.get("injected", 0) for e in events):
             continue  # injected spikes are the spikes task's own finding, above
-        counts = g.assign(loss_spikes=[_loss_spikes(v) for v in g["spike_events"]]).dropna(subset=["loss_spikes"])
+        counts = g.assign(loss_spikes=[_loss_spikes(e) for e in events]).dropna(subset=["loss_spikes"])
         if counts.empty:
             continue
         label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
@@ -141,8 +141,8 @@ def _count_test(a: Mapping[Any, float], b: Mapping[Any, float]) -> str:
     return f"**cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {_seeds_to_resolve(a, b, 'min')})"
 
 
-def _loss_spikes(events: Any) -> int | None:
-    count = _json(events).get("loss_spikes")
+def _loss_spikes(events: Mapping[str, Any]) -> int | None:
+    count = events.get("loss_spikes")
     return int(count) if isinstance(count, int | float) else None
 
 
