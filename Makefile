@@ -86,8 +86,10 @@ LEADERBOARD_TASKS ?=
 LIST_NAMES = $(BIN)/spambench list $(1) --json | $(BIN)/python -c 'import json, sys; print("$(2)".join(x["name"] for x in json.load(sys.stdin)["$(1)"]))'
 # The published results, results/RESULTS.md and results/results.parquet, from a store: findings from the
 # paired tests, provenance (code fingerprints, commits) and the commands that remake every run.
+# PUBLISH_ARGS=--replace starts the snapshot afresh instead of adding the store's runs to it.
+PUBLISH_ARGS ?=
 results: $(STAMP)
-	$(BIN)/spambench publish $(OUT_FLAG) --into results
+	$(BIN)/spambench publish $(OUT_FLAG) --into results $(PUBLISH_ARGS)
 
 # Every registered task x every registered optimizer x 3 seeds at the tiny scale, then the report.
 leaderboard: $(STAMP)

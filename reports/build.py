@@ -145,6 +145,8 @@ def write_leaderboard(
     since: str | None = None,
     plots: bool = True,
     all_code: bool = False,
+    frames: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    report_dir: Path | None = None,
 ) -> tuple[str, Path]:
     """Write the report folder; returns (leaderboard Markdown, report folder): `<out>/report`, or with
     any filter a folder of its own inside it (`report_folder`).
@@ -152,13 +154,15 @@ def write_leaderboard(
     Filters take comma-separated names; `since` an ISO date/datetime or an age (7d, 12h).
     By default only runs made by the code installed now are reported (their code fingerprint is the
     current one); `all_code=True` reports every run and names the entries that mix code versions.
-    `plots=False` skips the figures (faster; the Markdown then links none)."""
+    `plots=False` skips the figures (faster; the Markdown then links none).
+    `frames` = (runs, long) reports those runs instead of the store's (`spambench publish` reports a
+    store merged with a published snapshot), and `report_dir` puts the report folder elsewhere."""
     out_root = Path(out_root)
-    runs, long = select(*load_runs(RunStore(out_root)), task=task, opt=opt, scale=scale, since=since)
+    runs, long = select(*(frames or load_runs(RunStore(out_root))), task=task, opt=opt, scale=scale, since=since)
     runs, long, code_note = _code_filter(runs, long, all_code)
     runs, long, inapplicable = _split_inapplicable(runs, long)
     tuned = tuning_records(out_root, runs)
-    report_dir = report_folder(out_root, task=task, opt=opt, scale=scale, since=since)
+    report_dir = report_dir or report_folder(out_root, task=task, opt=opt, scale=scale, since=since)
     report_dir.mkdir(parents=True, exist_ok=True)
     for pattern in ("*.png", "*.svg"):  # figures of problems that are filtered out now must not linger
         for stale in report_dir.glob(pattern):

@@ -1,4 +1,4 @@
-"""`spambench publish`: the published results, `results/RESULTS.md` and `results/results.parquet`.
+"""`spambench publish`: the published results, `results/RESULTS.md` and the snapshot beside it.
 
 A results store (the leaderboard's, the LR studies', the spiky regime's) becomes a snapshot a reader can
 trust without running anything: the report's leaderboard Markdown (no figures: the file lives in the
@@ -13,8 +13,11 @@ repository), preceded by what the numbers are tied to and what they say:
   (reports/stats.py), stated as "cannot separate" when the test cannot, with the seeds a resolution would
   need; the LR studies' stable-range widths; and the loss spikes each optimizer met without injection.
 
-results.parquet is the report's long format (every complete run's metrics, long curves thinned to
-summary.CURVE_POINTS points, with the run columns): no checkpoints, no gradient samples.
+Beside RESULTS.md lies the snapshot it is computed from (reports/snapshot.py): runs.parquet, the runs
+table, and results.parquet, the report's long format (every complete run's metrics, long curves thinned
+to summary.CURVE_POINTS points, with the run columns): no checkpoints, no gradient samples. Publishing
+adds a store's runs to the snapshot already in the folder, so results made on several machines (or in
+sessions whose stores are gone) accumulate; `--replace` starts the snapshot afresh.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from spam_bench.reports import leaderboard, sensitivity, stats
+from spam_bench.reports import leaderboard, sensitivity, snapshot, stats
 from spam_bench.reports.build import tuning_records, write_leaderboard
 from spam_bench.reports.leaderboard import _json
 from spam_bench.reports.robust_stats import seeds_needed
@@ -39,7 +42,7 @@ from spam_bench.suite.registry import OPTIMIZERS, TASKS
 from spam_bench.suite.results import RunStore
 
 BASELINE = "adamw"
-RESULTS_MD, RESULTS_PARQUET = "RESULTS.md", "results.parquet"
+RESULTS_MD = "RESULTS.md"
 
 
 def _fmt(value: float) -> str:
@@ -268,31 +271,43 @@ def _seed_ranges(seeds: list[int]) -> str:
 
 
 def write_published(
-    store: Path, into: Path, commands: Iterable[str] | None = None, today: dt.date | None = None
+    store: Path,
+    into: Path,
+    commands: Iterable[str] | None = None,
+    today: dt.date | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Write RESULTS.md and results.parquet for `store` into the folder `into`; returns RESULTS.md's path.
+    """Write RESULTS.md and the snapshot (runs.parquet, results.parquet) for `store` into the folder
+    `into`, added to the snapshot already there (reports/snapshot.py) unless `replace`; returns
+    RESULTS.md's path.
 
-    The report is built first (into the store's own report folder, figures skipped), so the leaderboard
-    part of RESULTS.md is the report's Markdown, word for word."""
-    markdown, report_dir = write_leaderboard(store, plots=False, all_code=True)
-    every, long = load_runs(RunStore(store))
+    The report is built first from the merged runs (in a folder of its own, figures skipped), so the
+    leaderboard part of RESULTS.md is the report's Markdown, word for word. A snapshot there that
+    cannot be merged is refused before anything is written."""
+    prior = None if replace else snapshot.read_snapshot(into)
+    every, long = snapshot.merge(prior, load_runs(RunStore(store)))
+    with tempfile.TemporaryDirectory(prefix="spambench-publish-") as tmp:
+        markdown, _ = write_leaderboard(
+            store, plots=False, all_code=True, frames=(every, long), report_dir=Path(tmp) / "report"
+        )
     runs = every[every.status != NOT_APPLICABLE].reset_index(drop=True) if len(every) else every
     table = leaderboard.entries(runs, tuning_records(store, runs)) if len(runs) else pd.DataFrame()
     # The store's path is this machine's: the commands name it STORE.
     commands = list(commands) if commands is not None else commands_for(every, Path("STORE"))
     into.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report_dir / RESULTS_PARQUET, into / RESULTS_PARQUET)
+    snapshot.write_snapshot(every, long, into)
     date = (today or dt.date.today()).isoformat()
     body = [
         "# spam-bench: published results",
         "",
-        f"Generated on {date} by `spambench publish --out STORE` from a results store (STORE) filled by these "
+        f"Generated on {date} by `spambench publish --out STORE`, from results stores (STORE) filled by these "
         "commands (complete runs are reused, so they resume where they stopped; not-applicable pairs included):",
         "",
         *[f"    {c}" for c in commands],
         "",
-        "Every number below is computed from the runs in `results.parquet` beside this file; each run's "
-        "summary there records its spec, code fingerprint, git commit and machine.",
+        "Every number below is computed from the runs in `runs.parquet` and `results.parquet` beside this "
+        "file (a snapshot that later `spambench publish` runs add to); each run there records its spec, "
+        "code fingerprint, git commit and machine.",
         "",
         "## Coverage",
         "",

@@ -576,14 +576,24 @@ def load_runs(store: RunStore) -> tuple[pd.DataFrame, pd.DataFrame]:
             np.append(index, len(keys)),
             tuple(np.append(x, f) for x, f in zip((step, value, wall), final)),
         )
-    # An empty store still has the columns that later steps group and filter by.
-    runs_df = pd.DataFrame(runs) if runs else pd.DataFrame(columns=[*RUN_COLUMNS, *_EMPTY_EXTRA_COLUMNS])
-    if not runs_df.empty:  # one label per problem: the shortest way its runs spell it
-        runs_df["problem"] = runs_df.groupby(["task", "scale", "problem_key"])["problem"].transform(
-            lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t))
-        )
+    runs_df = label_problems(pd.DataFrame(runs)) if runs else empty_runs()
     runs_df.attrs[MALFORMED_ATTR] = malformed
     return runs_df, long.frame(runs)
+
+
+def empty_runs() -> pd.DataFrame:
+    """A runs table with no run: it still has the columns that later steps group and filter by."""
+    return pd.DataFrame(columns=[*RUN_COLUMNS, *_EMPTY_EXTRA_COLUMNS])
+
+
+def label_problems(runs: pd.DataFrame) -> pd.DataFrame:
+    """One label per problem (task, scale, problem_key): the shortest way its runs spell it. Runs of
+    one problem read from different places (a store and a published snapshot) must share it too."""
+    if not runs.empty:
+        runs["problem"] = runs.groupby(["task", "scale", "problem_key"])["problem"].transform(
+            lambda labels: min(labels, key=lambda t: (t != "defaults", len(t), t))
+        )
+    return runs
 
 
 def with_run_columns(long: pd.DataFrame, runs: pd.DataFrame, columns: Sequence[str] = RUN_COLUMNS) -> pd.DataFrame:

@@ -125,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     _ray_flags(sw)
     sw.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
     sw.add_argument(
+        "--published",
+        metavar="DIR",
+        help="count runs in this published snapshot (spambench publish) as done when the current code made "
+        "them, e.g. results: a new machine runs only what the snapshot lacks",
+    )
+    sw.add_argument(
         "--check-placement",
         nargs="?",
         const="5",
@@ -153,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     sn.add_argument("--device", default="cpu")
     _ray_flags(sn)
     sn.add_argument("--keep-checkpoint", action="store_true", help="keep each completed run's last checkpoint")
+    sn.add_argument(
+        "--published",
+        metavar="DIR",
+        help="count runs in this published snapshot (spambench publish) as done when the current code made "
+        "them, e.g. results: a new machine runs only what the snapshot lacks",
+    )
     _file_flags(sn)
 
     tn = sub.add_parser(
@@ -184,7 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="RESULTS.md and results.parquet from a results store (the published results)")
     pub.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     pub.add_argument(
-        "--into", default="results", help="folder to write RESULTS.md and results.parquet (default results)"
+        "--into", default="results", help="folder to write RESULTS.md and its snapshot into (default results)"
+    )
+    pub.add_argument(
+        "--replace",
+        action="store_true",
+        help="start the snapshot afresh (default: the store's runs are added to the snapshot already in --into)",
     )
 
     lst = sub.add_parser("list", help="show registered tasks and optimizers")
@@ -392,12 +409,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     pending = [r for r in runs if not reusable(r, store)]
     stale = sum(store.completed(r.spec.task, r.spec.run_id) for r in pending)
     again = f" ({stale} complete by other code, re-run)" if stale else ""
-    print(f"sweep: {len(runs)} runs, {len(runs) - len(pending)} already complete, {len(pending)} to run{again}")
+    published = ""
+    if getattr(args, "published", None):
+        pending, n = _not_published(pending, args.published)
+        published = f" ({n} of them published in {args.published})" if n else ""
+    complete = len(runs) - len(pending)
+    print(f"sweep: {len(runs)} runs, {complete} already complete{published}, {len(pending)} to run{again}")
     if not pending and not args.resume:
         return 0
     from spam_bench.runners.ray_tune import sweep
 
     return _print_trials(sweep(pending, options), options.name, store.where(store.root / "runs" / args.task))
+
+
+def _not_published(runs: list, folder: str) -> tuple[list, int]:
+    """(the runs the snapshot in `folder` lacks, how many it has): a published run counts when the
+    current code would make it (its code fingerprint is the run's), as `lifecycle.reusable` has it."""
+    from spam_bench.reports.snapshot import published_codes
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError("published", folder, "a folder holding a snapshot written by `spambench publish`")
+    done = published_codes(root)
+    left = [r for r in runs if done.get((r.spec.task, r.spec.run_id)) != r.code["id"]]
+    return left, len(runs) - len(left)
 
 
 def _check_placement(hold_text: str, runs: list, options: SweepOptions, resume: bool) -> int:
@@ -487,8 +522,10 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     out = out_root(args.out)
     into = writable_dir("into", args.into)
-    path = write_published(out, into)
-    print(f"written: {path} and {path.with_name('results.parquet')}")
+    path = write_published(out, into, replace=args.replace)
+    print(
+        f"written: {path}, with its snapshot {path.with_name('runs.parquet')} and {path.with_name('results.parquet')}"
+    )
     return 0
 
 

@@ -128,3 +128,89 @@ def test_natural_spikes_are_counted_without_injection_and_compared_by_the_paired
     assert "spam vs adamw: **spam has fewer** (paired t-test on 3 seeds" in text
     assert "spam vs adamw: **cannot separate** (paired t-test on 3 seeds, p = 1;" in text  # llm: 0 vs 0
     assert lines[-1].startswith("- adamw met no loss spike without injection on `llm`: not a spiky regime")
+
+
+def _store_of(tmp_path: Path, name: str, tasks: tuple[str, ...]) -> Path:
+    store = tmp_path / name
+    for task in tasks:
+        shutil.copytree(FIXTURE / "runs" / task, store / "runs" / task)
+    shutil.copytree(FIXTURE / "tuning", store / "tuning")
+    return store
+
+
+def test_publishing_two_stores_into_one_folder_gives_what_one_store_of_both_gives(published, tmp_path):
+    """Results accumulate across machines: a snapshot merged with a second store's runs is the report
+    of all of them, word for word (the Markdown, the runs table and the long table)."""
+    _, whole, text = published
+    into = tmp_path / "results"
+    assert main(["publish", "--out", str(_store_of(tmp_path, "a", ("tsf",))), "--into", str(into)]) == 0
+    first = (into / "RESULTS.md").read_text()
+    assert "`rl`" not in first.split("## Provenance", 1)[1].split("## Findings", 1)[0]
+    assert main(["publish", "--out", str(_store_of(tmp_path, "b", ("rl",))), "--into", str(into)]) == 0
+    assert (into / "RESULTS.md").read_text() == text
+
+    def table(folder: Path, name: str) -> pd.DataFrame:
+        frame = pd.read_parquet(folder / name)
+        frame = frame.astype({c: str for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)})
+        return frame.sort_values([c for c in ("task", "run_id", "split", "name", "step") if c in frame]).reset_index(
+            drop=True
+        )
+
+    for name in ("runs.parquet", "results.parquet"):
+        pd.testing.assert_frame_equal(table(into, name), table(whole, name), check_like=True)
+    # publishing the same store again changes nothing: a run in both is the store's, never doubled
+    assert main(["publish", "--out", str(_store_of(tmp_path, "c", ("rl",))), "--into", str(into)]) == 0
+    assert (into / "RESULTS.md").read_text() == text
+
+
+def test_a_snapshot_of_the_older_format_is_refused_not_dropped(published, tmp_path, capsys):
+    store, whole, _ = published
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copyfile(whole / "results.parquet", legacy / "results.parquet")
+    (legacy / "RESULTS.md").write_text("kept")
+    capsys.readouterr()
+    assert main(["publish", "--out", str(store), "--into", str(legacy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "published: invalid value" in err and "--replace" in err
+    assert sorted(p.name for p in legacy.iterdir()) == ["RESULTS.md", "results.parquet"]
+    assert (legacy / "RESULTS.md").read_text() == "kept"
+    assert main(["publish", "--out", str(store), "--into", str(legacy), "--replace"]) == 0
+    assert (legacy / "RESULTS.md").read_text() == (whole / "RESULTS.md").read_text()
+
+
+def test_a_snapshot_that_is_not_parquet_is_refused_in_one_line(published, tmp_path, capsys):
+    store, _, _ = published
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "runs.parquet").write_bytes(b"PAR1 not really")
+    capsys.readouterr()
+    assert main(["publish", "--out", str(store), "--into", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not readable as Parquet" in err
+    assert not (bad / "RESULTS.md").exists()
+
+
+def test_a_sweep_skips_what_the_snapshot_holds_by_the_current_code(tmp_path, capsys):
+    """A new machine runs only what the published snapshot lacks: a published run counts as done when
+    the current code made it, and is run again when the code changed."""
+    made, into = tmp_path / "made", tmp_path / "results"
+    argv = ["--task", "spikes", "--opt", "adamw", "--scale", "smoke", "--seeds", "0"]
+    assert (
+        main(["run", "--task", "spikes", "--opt", "adamw", "--scale", "smoke", "--seed", "0", "--out", str(made)]) == 0
+    )
+    assert main(["publish", "--out", str(made), "--into", str(into)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *argv, "--out", str(tmp_path / "fresh"), "--published", str(into)]) == 0
+    assert "1 already complete (1 of them published in" in capsys.readouterr().out
+    assert not (tmp_path / "fresh" / "runs").exists()  # nothing ran
+
+    from spam_bench.runners.cli import _not_published
+    from spam_bench.suite.sweep import expand
+
+    (run,) = expand(task="spikes", optimizers=["adamw"], seeds=[0], grid={}, sets={}, scale="smoke", device="cpu")
+    assert _not_published([run], str(into)) == ([], 1)
+    runs = pd.read_parquet(into / "runs.parquet").assign(code_id="made-by-other-code")
+    runs.to_parquet(into / "runs.parquet", index=False)
+    assert _not_published([run], str(into)) == ([run], 0)
+    assert main(["sweep", *argv, "--out", str(tmp_path / "x"), "--published", str(tmp_path / "nowhere")]) == 2
