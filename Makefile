@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep sensitivity report results leaderboard perf perf-ray perf-report perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep sensitivity report results leaderboard perf perf-ray perf-report perf-roofline perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -121,6 +121,11 @@ gpu-check:
 # telemetry, other), shortened runs in fresh processes. AGAINST=<git ref> adds an interleaved A/B.
 perf-tasks: $(STAMP)
 	$(BIN)/python -m spam_bench.runners.perf_tasks $(if $(AGAINST),--against $(AGAINST) --repeat 2,)
+
+# How close the tiny LMs' forward+backward run to this CPU's fp32 matmul peak, one thread: FLOPs (torch's
+# FlopCounterMode), achieved GFLOP/s, the dense kernels' share of the time, and the speed-up ceilings.
+perf-roofline: $(STAMP)
+	$(BIN)/python -m spam_bench.runners.roofline
 
 # Ray Tune's overhead over the local runner (8 tiny trials).
 perf-ray: $(STAMP)
