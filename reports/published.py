@@ -214,17 +214,34 @@ def coverage(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _machine(hardware: Any) -> str:
+    """A run's machine class: CPU model and torch's CPU capability (what decides float32's last bits),
+    and the accelerator where there is one; the bare ISA for runs that predate those fields."""
+    h = _json(hardware)
+    cpu = h.get("cpu_model") or h.get("cpu") or "unknown"
+    cpu = f"{cpu} ({h['cpu_capability']})" if h.get("cpu_capability") else str(cpu)
+    device = h.get("device")
+    return f"{cpu}, {device}" if device and device != "cpu" else cpu
+
+
 def provenance(runs: pd.DataFrame) -> list[str]:
-    """Per task: its runs' code fingerprints, commits and finishing dates."""
+    """Per task: its runs' code fingerprints, commits, machines and finishing dates."""
     if runs.empty:
         return []
-    lines = ["| task | runs | code fingerprint(s) | git commit(s) | finished |", "|---|---|---|---|---|"]
+    lines = [
+        "| task | runs | code fingerprint(s) | git commit(s) | machine(s) | finished |",
+        "|---|---|---|---|---|---|",
+    ]
     for task, g in runs.groupby("task", sort=True):
         codes = sorted({str(c) for c in g["code_id"].dropna()})
         commits = sorted({str(c)[:10] for c in g["git_commit"].dropna()})
+        machines = sorted({_machine(h) for h in g["hardware"]})
         ends = pd.to_datetime(g["finished_at"], utc=True, errors="coerce").dropna()
         when = f"{ends.min():%Y-%m-%d} to {ends.max():%Y-%m-%d}" if len(ends) else "-"
-        lines.append(f"| {task} | {len(g)} | {', '.join(codes) or '-'} | {', '.join(commits) or '-'} | {when} |")
+        lines.append(
+            f"| {task} | {len(g)} | {', '.join(codes) or '-'} | {', '.join(commits) or '-'} "
+            f"| {'; '.join(machines)} | {when} |"
+        )
     return lines
 
 
@@ -314,6 +331,10 @@ def write_published(
         *coverage(every),
         "",
         "## Provenance",
+        "",
+        "The same spec and seed give the same numbers on machines of one class; across CPU models or "
+        "torch CPU capabilities (AVX2, AVX512) float32 results can differ in their last bits, since BLAS "
+        "chooses its kernels by the CPU.",
         "",
         *provenance(runs),
         "",

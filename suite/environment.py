@@ -56,6 +56,23 @@ def _device_name(dev: torch.device) -> str:
         return f"cuda (unavailable: {' '.join(str(err).split())})"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows.
+
+    Two machines with the same ISA name (x86_64) can still differ in the last bits of a float32 run,
+    because BLAS picks its kernels by the CPU's vector extensions: the model and torch's CPU capability
+    (AVX2, AVX512, ...) say which machines should give bit-identical numbers."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe(device: str) -> dict[str, object]:
     import torch  # here, not at the top: `placement` serves `sweep --check-placement`, whose trials never load torch
 
@@ -71,6 +88,8 @@ def describe(device: str) -> dict[str, object]:
         "placement": placement(),
         "hardware": {
             "cpu": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": _device_name(dev),

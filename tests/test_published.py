@@ -214,3 +214,14 @@ def test_a_sweep_skips_what_the_snapshot_holds_by_the_current_code(tmp_path, cap
     runs.to_parquet(into / "runs.parquet", index=False)
     assert _not_published([run], str(into)) == ([run], 0)
     assert main(["sweep", *argv, "--out", str(tmp_path / "x"), "--published", str(tmp_path / "nowhere")]) == 2
+
+
+def test_provenance_names_each_runs_machine_class():
+    from spam_bench.reports.published import _machine
+
+    new = json.dumps({"cpu": "x86_64", "cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "device": "cpu"})
+    gpu = json.dumps({"cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "device": "NVIDIA H200"})
+    assert _machine(new) == "AMD EPYC (AVX2)"
+    assert _machine(gpu) == "Intel Xeon (AVX512), NVIDIA H200"
+    assert _machine(json.dumps({"cpu": "x86_64", "device": "cpu"})) == "x86_64"  # runs from before the fields
+    assert _machine(None) == "unknown"
