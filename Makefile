@@ -84,7 +84,8 @@ LEADERBOARD_SWEEP_ARGS ?=
 LEADERBOARD_TASKS ?=
 # The registry's names, read from `spambench list --json` (not from the human-readable listing).
 LIST_NAMES = $(BIN)/spambench list $(1) --json | $(BIN)/python -c 'import json, sys; print("$(2)".join(x["name"] for x in json.load(sys.stdin)["$(1)"]))'
-# The published results, results/RESULTS.md and results/results.parquet, from a store: findings from the
+# The published results, results/RESULTS.md and its snapshot (runs.parquet, results.parquet, tuned.json),
+# from a store added to the snapshot there: findings from the
 # paired tests, provenance (code fingerprints, commits) and the commands that remake every run.
 # PUBLISH_ARGS=--replace starts the snapshot afresh instead of adding the store's runs to it.
 PUBLISH_ARGS ?=

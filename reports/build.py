@@ -146,6 +146,7 @@ def write_leaderboard(
     plots: bool = True,
     all_code: bool = False,
     frames: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    tuned: dict[tuple[str, str, str], dict[str, Any]] | None = None,
     report_dir: Path | None = None,
 ) -> tuple[str, Path]:
     """Write the report folder; returns (leaderboard Markdown, report folder): `<out>/report`, or with
@@ -155,13 +156,14 @@ def write_leaderboard(
     By default only runs made by the code installed now are reported (their code fingerprint is the
     current one); `all_code=True` reports every run and names the entries that mix code versions.
     `plots=False` skips the figures (faster; the Markdown then links none).
-    `frames` = (runs, long) reports those runs instead of the store's (`spambench publish` reports a
-    store merged with a published snapshot), and `report_dir` puts the report folder elsewhere."""
+    `frames` = (runs, long) reports those runs instead of the store's, and `tuned` those tuning records
+    (`spambench publish` reports a store merged with a published snapshot); `report_dir` puts the
+    report folder elsewhere."""
     out_root = Path(out_root)
     runs, long = select(*(frames or load_runs(RunStore(out_root))), task=task, opt=opt, scale=scale, since=since)
     runs, long, code_note = _code_filter(runs, long, all_code)
     runs, long, inapplicable = _split_inapplicable(runs, long)
-    tuned = tuning_records(out_root, runs)
+    tuned = tuning_records(out_root, runs) if tuned is None else tuned
     report_dir = report_dir or report_folder(out_root, task=task, opt=opt, scale=scale, since=since)
     report_dir.mkdir(parents=True, exist_ok=True)
     for pattern in ("*.png", "*.svg"):  # figures of problems that are filtered out now must not linger

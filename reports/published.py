@@ -236,7 +236,7 @@ def provenance(runs: pd.DataFrame) -> list[str]:
         codes = sorted({str(c) for c in g["code_id"].dropna()})
         commits = sorted({str(c)[:10] for c in g["git_commit"].dropna()})
         machines = sorted({_machine(h) for h in g["hardware"]})
-        ends = pd.to_datetime(g["finished_at"], utc=True, errors="coerce").dropna()
+        ends = pd.to_datetime(g["finished_at"], utc=True, errors="coerce", format="ISO8601").dropna()
         when = f"{ends.min():%Y-%m-%d} to {ends.max():%Y-%m-%d}" if len(ends) else "-"
         lines.append(
             f"| {task} | {len(g)} | {', '.join(codes) or '-'} | {', '.join(commits) or '-'} "
@@ -294,25 +294,31 @@ def write_published(
     today: dt.date | None = None,
     replace: bool = False,
 ) -> Path:
-    """Write RESULTS.md and the snapshot (runs.parquet, results.parquet) for `store` into the folder
-    `into`, added to the snapshot already there (reports/snapshot.py) unless `replace`; returns
-    RESULTS.md's path.
+    """Write RESULTS.md and the snapshot (runs.parquet, results.parquet, tuned.json) for `store` into
+    the folder `into`, added to the snapshot already there (reports/snapshot.py) unless `replace`;
+    returns RESULTS.md's path.
 
     The report is built first from the merged runs (in a folder of its own, figures skipped), so the
-    leaderboard part of RESULTS.md is the report's Markdown, word for word. A snapshot there that
-    cannot be merged is refused before anything is written."""
+    leaderboard part of RESULTS.md is the report's Markdown, word for word. Everything is computed
+    before anything is written, and the files are written together (`snapshot.write_files`): a
+    snapshot that cannot be read, or a failure on the way, leaves the folder as it was."""
     prior = None if replace else snapshot.read_snapshot(into)
-    every, long = snapshot.merge(prior, load_runs(RunStore(store)))
+    store_runs, store_long = load_runs(RunStore(store))
+    merged = snapshot.merge(prior, store_runs, store_long, tuning_records(store, store_runs))
+    every, long = merged.runs, merged.long
     with tempfile.TemporaryDirectory(prefix="spambench-publish-") as tmp:
         markdown, _ = write_leaderboard(
-            store, plots=False, all_code=True, frames=(every, long), report_dir=Path(tmp) / "report"
+            store,
+            plots=False,
+            all_code=True,
+            frames=(every, long),
+            tuned=merged.tuned,
+            report_dir=Path(tmp) / "report",
         )
     runs = every[every.status != NOT_APPLICABLE].reset_index(drop=True) if len(every) else every
-    table = leaderboard.entries(runs, tuning_records(store, runs)) if len(runs) else pd.DataFrame()
+    table = leaderboard.entries(runs, merged.tuned) if len(runs) else pd.DataFrame()
     # The store's path is this machine's: the commands name it STORE.
     commands = list(commands) if commands is not None else commands_for(every, Path("STORE"))
-    into.mkdir(parents=True, exist_ok=True)
-    snapshot.write_snapshot(every, long, into)
     date = (today or dt.date.today()).isoformat()
     body = [
         "# spam-bench: published results",
@@ -360,9 +366,9 @@ def write_published(
         "",
         _demoted(markdown),
     ]
-    path = into / RESULTS_MD
-    path.write_text("\n".join(body).rstrip() + "\n")
-    return path
+    text = "\n".join(body).rstrip() + "\n"
+    snapshot.write_files(into, {**snapshot.snapshot_files(merged), RESULTS_MD: text.encode()})
+    return into / RESULTS_MD
 
 
 def _demoted(markdown: str) -> str:

@@ -65,8 +65,8 @@ OPERATIONAL_KEYS = ("threads", "checkpoint_every")
 MALFORMED_ATTR = "malformed_runs"
 _EMPTY_EXTRA_COLUMNS = ("primary_metric", "direction", "value", "reason", "wall_time_s", "finished_at", "problem")
 # What the report reads from summary.json, by type.
-_SUMMARY_NAMES = ("run_id", "task", "optimizer", "scale", "status", "primary_metric")
-_SUMMARY_NUMBERS = (
+SUMMARY_NAMES = _SUMMARY_NAMES = ("run_id", "task", "optimizer", "scale", "status", "primary_metric")
+SUMMARY_NUMBERS = _SUMMARY_NUMBERS = (
     "value",
     "steps",
     "wall_time_s",
@@ -88,6 +88,19 @@ _SUMMARY_MAPPINGS = (
     "clipped_entries",
     "spike_events",
 )
+# The runs table's columns (`_run_row`), and those of them that hold JSON objects as text, of which
+# the role -> count ones: what a published snapshot must hold (reports/snapshot_check.py).
+RUN_ROW_COLUMNS = (
+    "run_id", "task", "optimizer", "seed", "scale", "device", "status", "settings", "git_commit", "code_id",
+    "primary_metric", "direction", "value", "diverged_step", "reason", "steps", "wall_time_s",
+    "optimizer_state_bytes", "opt_hparams", "overrides", "versions", "hardware", "optimizer_config",
+    "task_config", "problem", "problem_key", "recipe", "grad_clip", "tokens_per_s", "finished_at",
+    "gss_spikes", "clipped_entries", "spike_events", "robustness", "recovery_steps_mean",
+)  # fmt: skip
+SUMMARY_COUNTS = ("gss_spikes", "clipped_entries", "spike_events")
+SUMMARY_MAPPINGS_TEXT = (
+    "opt_hparams", "overrides", "versions", "hardware", "optimizer_config", "task_config", *SUMMARY_COUNTS,
+)  # fmt: skip
 # `--since` as an age: at most a century (a larger one overflowed datetime; no run is that old).
 MAX_AGE_DAYS = 36_525
 LONG_COLUMNS = ["task", "run_id", "split", "name", "step", "value", "wall"]

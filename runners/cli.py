@@ -193,7 +193,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also runs made by other code versions (default: only the current code's runs)",
     )
 
-    pub = sub.add_parser("publish", help="RESULTS.md and results.parquet from a results store (the published results)")
+    pub = sub.add_parser(
+        "publish", help="RESULTS.md and its snapshot from a results store, added to the snapshot already there"
+    )
     pub.add_argument("--out", help="results store root (default $SPAMBENCH_OUT or ./out)")
     pub.add_argument(
         "--into", default="results", help="folder to write RESULTS.md and its snapshot into (default results)"
@@ -407,12 +409,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from spam_bench.suite.lifecycle import reusable
 
     pending = [r for r in runs if not reusable(r, store)]
-    stale = sum(store.completed(r.spec.task, r.spec.run_id) for r in pending)
-    again = f" ({stale} complete by other code, re-run)" if stale else ""
     published = ""
     if getattr(args, "published", None):
         pending, n = _not_published(pending, args.published)
         published = f" ({n} of them published in {args.published})" if n else ""
+    stale = sum(store.completed(r.spec.task, r.spec.run_id) for r in pending)
+    again = f" ({stale} complete by other code, re-run)" if stale else ""
     complete = len(runs) - len(pending)
     print(f"sweep: {len(runs)} runs, {complete} already complete{published}, {len(pending)} to run{again}")
     if not pending and not args.resume:

@@ -4,9 +4,11 @@ separate the optimizers; every number is tied to its runs' code and to a command
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from spam_bench.reports.build import write_leaderboard
@@ -130,37 +132,59 @@ def test_natural_spikes_are_counted_without_injection_and_compared_by_the_paired
     assert lines[-1].startswith("- adamw met no loss spike without injection on `llm`: not a spiky regime")
 
 
-def _store_of(tmp_path: Path, name: str, tasks: tuple[str, ...]) -> Path:
+def _store_of(tmp_path: Path, name: str, tasks: tuple[str, ...], tuning: bool = True) -> Path:
     store = tmp_path / name
     for task in tasks:
         shutil.copytree(FIXTURE / "runs" / task, store / "runs" / task)
-    shutil.copytree(FIXTURE / "tuning", store / "tuning")
+    if tuning:
+        shutil.copytree(FIXTURE / "tuning", store / "tuning")
     return store
+
+
+def _table(folder: Path, name: str) -> pd.DataFrame:
+    frame = pd.read_parquet(folder / name)
+    frame = frame.astype({c: str for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)})
+    order = [c for c in ("task", "run_id", "split", "name", "step") if c in frame]
+    return frame.sort_values(order).reset_index(drop=True)
 
 
 def test_publishing_two_stores_into_one_folder_gives_what_one_store_of_both_gives(published, tmp_path):
     """Results accumulate across machines: a snapshot merged with a second store's runs is the report
-    of all of them, word for word (the Markdown, the runs table and the long table)."""
+    of all of them, word for word (the Markdown, the runs table, the long table), tuning records
+    included although only the first store had them."""
     _, whole, text = published
     into = tmp_path / "results"
-    assert main(["publish", "--out", str(_store_of(tmp_path, "a", ("tsf",))), "--into", str(into)]) == 0
-    first = (into / "RESULTS.md").read_text()
-    assert "`rl`" not in first.split("## Provenance", 1)[1].split("## Findings", 1)[0]
-    assert main(["publish", "--out", str(_store_of(tmp_path, "b", ("rl",))), "--into", str(into)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no dtype guessing from all-empty columns
+        assert main(["publish", "--out", str(_store_of(tmp_path, "a", ("tsf",))), "--into", str(into)]) == 0
+        first = (into / "RESULTS.md").read_text()
+        assert "`rl`" not in first.split("## Provenance", 1)[1].split("## Findings", 1)[0]
+        second = _store_of(tmp_path, "b", ("rl",), tuning=False)
+        assert main(["publish", "--out", str(second), "--into", str(into)]) == 0
     assert (into / "RESULTS.md").read_text() == text
-
-    def table(folder: Path, name: str) -> pd.DataFrame:
-        frame = pd.read_parquet(folder / name)
-        frame = frame.astype({c: str for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)})
-        return frame.sort_values([c for c in ("task", "run_id", "split", "name", "step") if c in frame]).reset_index(
-            drop=True
-        )
-
+    assert "tuned" in text.split("### Across tasks", 1)[1]
     for name in ("runs.parquet", "results.parquet"):
-        pd.testing.assert_frame_equal(table(into, name), table(whole, name), check_like=True)
-    # publishing the same store again changes nothing: a run in both is the store's, never doubled
+        pd.testing.assert_frame_equal(_table(into, name), _table(whole, name), check_like=True)
+    assert json.loads((into / "tuned.json").read_text()) == json.loads((whole / "tuned.json").read_text())
+    # publishing the same store again changes nothing: a run in both is kept once
     assert main(["publish", "--out", str(_store_of(tmp_path, "c", ("rl",))), "--into", str(into)]) == 0
     assert (into / "RESULTS.md").read_text() == text
+    assert not [p.name for p in into.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_a_stale_copy_in_a_store_does_not_replace_a_newer_published_run(published, tmp_path):
+    """A machine whose store still holds an old copy of a run must not undo the snapshot's newer one."""
+    _, whole, _ = published
+    into = tmp_path / "results"
+    shutil.copytree(whole, into)
+    runs = pd.read_parquet(into / "runs.parquet")
+    (task, run_id), value = runs[["task", "run_id"]].iloc[0], float(runs["value"].iloc[0])
+    runs["finished_at"] = "2200-01-01T00:00:00+00:00"  # the snapshot's copies are the newest
+    runs.loc[0, "value"] = value + 1.0
+    runs.to_parquet(into / "runs.parquet", index=False)
+    assert main(["publish", "--out", str(_store_of(tmp_path, "old", (task,))), "--into", str(into)]) == 0
+    kept = pd.read_parquet(into / "runs.parquet").set_index(["task", "run_id"])
+    assert kept.loc[(task, run_id), "value"] == value + 1.0
 
 
 def test_a_snapshot_of_the_older_format_is_refused_not_dropped(published, tmp_path, capsys):
@@ -179,16 +203,76 @@ def test_a_snapshot_of_the_older_format_is_refused_not_dropped(published, tmp_pa
     assert (legacy / "RESULTS.md").read_text() == (whole / "RESULTS.md").read_text()
 
 
-def test_a_snapshot_that_is_not_parquet_is_refused_in_one_line(published, tmp_path, capsys):
-    store, _, _ = published
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "runs.parquet").write_bytes(b"PAR1 not really")
+def _spoil_metadata(path: Path) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"pandas": b'{"columns": 5, "index_columns": 3}'}), path)
+
+
+def _runs_edit(edit):
+    def spoil(folder: Path) -> None:
+        runs = pd.read_parquet(folder / "runs.parquet")
+        edit(runs).to_parquet(folder / "runs.parquet", index=False)
+
+    return spoil
+
+
+def _bytes(name: str, data: bytes):
+    return lambda folder: (folder / name).write_bytes(data)
+
+
+SPOILED = {
+    "not parquet": (_bytes("runs.parquet", b"PAR1 not really"), "not readable as Parquet"),
+    "a seed that is text": (_runs_edit(lambda r: r.astype({"seed": object}).assign(seed="x")), "column seed"),
+    "a missing column": (_runs_edit(lambda r: r.drop(columns=["problem"])), "column problem"),
+    "a run twice": (_runs_edit(lambda r: pd.concat([r, r.iloc[:1]])), "each (task, run_id) once"),
+    "a name that breaks a table": (_runs_edit(lambda r: r.assign(optimizer="spam|x")), "column optimizer"),
+    "a non-finite count": (
+        _runs_edit(lambda r: r.assign(spike_events='{"loss_spikes": Infinity}')),
+        "column spike_events",
+    ),
+    "metrics of an unknown run": (
+        _runs_edit(lambda r: r.iloc[1:]),
+        "a run of runs.parquet",
+    ),
+    "tuning records that are not records": (_bytes("tuned.json", b'[{"task": 1}]'), "tuned.json"),
+}
+
+
+@pytest.mark.parametrize("spoil", SPOILED.values(), ids=SPOILED.keys())
+def test_a_damaged_or_hostile_snapshot_is_refused_in_one_line_and_nothing_is_written(
+    published, tmp_path, capsys, spoil
+):
+    store, whole, _ = published
+    into = tmp_path / "results"
+    shutil.copytree(whole, into)
+    damage, words = spoil
+    damage(into)
+    before = {p.name: p.read_bytes() for p in into.iterdir()}
     capsys.readouterr()
-    assert main(["publish", "--out", str(store), "--into", str(bad)]) == 2
+    assert main(["publish", "--out", str(store), "--into", str(into)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not readable as Parquet" in err
-    assert not (bad / "RESULTS.md").exists()
+    assert err.count("\n") == 1 and words in err, err
+    assert {p.name: p.read_bytes() for p in into.iterdir()} == before
+
+
+def test_a_files_own_pandas_metadata_is_ignored_not_followed(published, tmp_path):
+    """The pandas schema in a Parquet file is its writer's word: the data are read without it."""
+    store, whole, text = published
+    into = tmp_path / "results"
+    shutil.copytree(whole, into)
+    _spoil_metadata(into / "runs.parquet")
+    assert main(["publish", "--out", str(store), "--into", str(into)]) == 0
+    assert (into / "RESULTS.md").read_text() == text
+
+
+def test_a_planted_link_is_replaced_never_written_through(published, tmp_path):
+    store, _, _ = published
+    into, outside = tmp_path / "results", tmp_path / "bashrc"
+    into.mkdir()
+    outside.write_text("mine")
+    (into / "RESULTS.md").symlink_to(outside)
+    assert main(["publish", "--out", str(store), "--into", str(into)]) == 0
+    assert outside.read_text() == "mine" and not (into / "RESULTS.md").is_symlink()
 
 
 def test_a_sweep_skips_what_the_snapshot_holds_by_the_current_code(tmp_path, capsys):
