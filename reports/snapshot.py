@@ -122,11 +122,14 @@ def write_files(folder: Path, files: Mapping[str, bytes]) -> None:
     created exclusively, so a planted link is never followed) renamed over its name only once all of
     them are on disk: a failure leaves the folder as it was."""
     folder.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0o022)
+    os.umask(umask)
     staged: dict[str, str] = {}
     try:
         for name, data in files.items():
             handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
             staged[name] = temp
+            os.fchmod(handle, 0o666 & ~umask)  # mkstemp's 0600 would hide the results from the group
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
                 out.flush()

@@ -3,6 +3,7 @@
 separate the optimizers; every number is tied to its runs' code and to a command that remakes them."""
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -170,6 +171,9 @@ def test_publishing_two_stores_into_one_folder_gives_what_one_store_of_both_give
     assert main(["publish", "--out", str(_store_of(tmp_path, "c", ("rl",))), "--into", str(into)]) == 0
     assert (into / "RESULTS.md").read_text() == text
     assert not [p.name for p in into.iterdir() if p.name.startswith(".")]  # no temporary file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in into.iterdir()} == {oct(0o666 & ~umask)}  # as open() makes
 
 
 def test_a_stale_copy_in_a_store_does_not_replace_a_newer_published_run(published, tmp_path):
