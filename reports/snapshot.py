@@ -151,9 +151,8 @@ def merge(snapshot: Snapshot | None, runs: pd.DataFrame, long: pd.DataFrame, tun
     old = snapshot.runs
     keep_store = _finished_later(runs, old)
     key = ["task", "run_id"]
-    store_keys = _keys(runs)
     kept_store_keys = _keys(runs[keep_store])
-    keep_old = ~_keys(old).isin(store_keys) | _keys(old).isin(store_keys.difference(kept_store_keys))
+    keep_old = ~_keys(old).isin(kept_store_keys)  # a store copy that is kept replaces the old one
     keep_old_long = ~_keys(snapshot.long).isin(kept_store_keys)
     keep_store_long = _keys(long).isin(kept_store_keys)
     merged_runs = _concat([old[keep_old], runs[keep_store]]).sort_values(key, kind="stable")
