@@ -205,8 +205,13 @@ def coverage(runs: pd.DataFrame) -> list[str]:
         na = f" ({', '.join(sorted(refused))} not applicable)" if refused else ""
         if not missing:
             lines.append(f"- `{task}`: every applicable optimizer at {stats.MIN_SEEDS}+ seeds{na}")
-        elif not full:
+        elif len(done) == 0:
             lines.append(f"- `{task}`: **not in this snapshot yet**")
+        elif not full:
+            lines.append(
+                f"- `{task}`: {len(done)} runs, but no optimizer at {stats.MIN_SEEDS}+ seeds yet; "
+                f"not yet: {', '.join(missing)}"
+            )
         else:
             lines.append(
                 f"- `{task}`: {len(full)} optimizers at {stats.MIN_SEEDS}+ seeds; not yet: {', '.join(missing)}"

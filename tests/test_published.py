@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spam_bench.reports.build import write_leaderboard
-from spam_bench.reports.published import _seed_ranges, natural_spike_lines
+from spam_bench.reports.published import _seed_ranges, coverage, natural_spike_lines
 from spam_bench.runners.cli import main
 from spam_bench.suite.sweep import parse_seeds
 
@@ -313,3 +313,13 @@ def test_provenance_names_each_runs_machine_class():
     assert _machine(gpu) == "Intel Xeon (AVX512), NVIDIA H200"
     assert _machine(json.dumps({"cpu": "x86_64", "device": "cpu"})) == "x86_64"  # runs from before the fields
     assert _machine(None) == "unknown"
+
+
+def test_coverage_tells_a_task_with_too_few_seeds_from_a_task_with_no_runs():
+    rows = [("llm", "adamw", seed, "complete") for seed in (0, 1)]
+    rows += [("tsf", "adamw", seed, "complete") for seed in (0, 1, 2)] + [("tsf", "spam", 0, "diverged")]
+    lines = coverage(pd.DataFrame(rows, columns=["task", "optimizer", "seed", "status"]))
+    by_task = {line.split("`")[1]: line for line in lines}
+    assert "2 runs, but no optimizer at 3+ seeds yet" in by_task["llm"] and "adamw" in by_task["llm"]
+    assert by_task["rl"].endswith("**not in this snapshot yet**")
+    assert "1 optimizers at 3+ seeds" in by_task["tsf"] and "spam" in by_task["tsf"].split("not yet:")[1]
