@@ -4,14 +4,13 @@ A results store (the leaderboard's, the LR studies', the spiky regime's) becomes
 trust without running anything: the report's leaderboard Markdown (no figures: the file lives in the
 repository), preceded by what the numbers are tied to and what they say:
 
+- *Coverage*: per task, the optimizers at 3+ seeds and those not yet.
 - *Provenance*: per task, the code fingerprints and git commits of its runs, their dates, and the
   commands that make them again. Published runs may come from an older checkout than the one reading
   them, so every run is reported whatever its code (the report's `--all-code`), and an entry that mixes
   code versions is named as such by the leaderboard.
-- *Findings*, computed here from the same statistics the leaderboard ranks with, never written by hand:
-  for each problem, each optimizer against AdamW at declared defaults by the paired test on shared seeds
-  (reports/stats.py), stated as "cannot separate" when the test cannot, with the seeds a resolution would
-  need; the LR studies' stable-range widths; and the loss spikes each optimizer met without injection.
+- *In short* and *Findings* (reports/findings.py), computed from the same statistics the leaderboard
+  ranks with, never written by hand, and saying where the data cannot separate the optimizers.
 
 Beside RESULTS.md lies the snapshot it is computed from (reports/snapshot.py): runs.parquet, the runs
 table, and results.parquet, the report's long format (every complete run's metrics, long curves thinned
@@ -24,171 +23,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from spam_bench.reports import leaderboard, sensitivity, snapshot, stats
+from spam_bench.reports import leaderboard, snapshot, stats
 from spam_bench.reports.build import tuning_records, write_leaderboard
+from spam_bench.reports.findings import BASELINE, findings, headline, natural_spike_lines
 from spam_bench.reports.leaderboard import _json
-from spam_bench.reports.robust_stats import seeds_needed
 from spam_bench.reports.summary import load_runs
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.registry import OPTIMIZERS, TASKS
 from spam_bench.suite.results import RunStore
 
-BASELINE = "adamw"
 RESULTS_MD = "RESULTS.md"
-
-
-def _fmt(value: float) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
-
-
-def _entry_text(e: pd.Series) -> str:
-    return f"{_fmt(e['mean'])} [{_fmt(e['ci_lo'])}, {_fmt(e['ci_hi'])}] (n={int(e['n'])})"
-
-
-def compare(e: pd.Series, base: pd.Series) -> str:
-    """One optimizer's defaults entry against AdamW's on the same problem, in words the test supports."""
-    direction = str(e["direction"])
-    p, shared, diff = stats.paired_test(e["seeds"], base["seeds"], direction)
-    head = f"{e['optimizer']} {_entry_text(e)} vs {BASELINE} {_entry_text(base)}"
-    if not math.isfinite(p):
-        return f"{head}: not tested ({shared} shared complete seeds; the paired test needs {stats.MIN_SEEDS})"
-    if p < stats.ALPHA:
-        better = e["optimizer"] if diff < 0 else BASELINE
-        return f"{head}: **{better} better** (paired t-test on {shared} seeds, p = {p:.3g})"
-    need = _seeds_to_resolve(e["seeds"], base["seeds"], direction)
-    return f"{head}: **cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {need})"
-
-
-def _seeds_to_resolve(a: Mapping[Any, float], b: Mapping[Any, float], direction: str) -> str:
-    shared = [k for k in a if k in b]
-    diffs = [stats.sign(direction) * (a[k] - b[k]) for k in shared]
-    n = seeds_needed(diffs)
-    if n is None:
-        return "no difference observed, or more than 10,000 seeds needed to resolve it"
-    return f"about {n} seeds would resolve the observed difference at 80% power"
-
-
-def findings(table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame) -> list[str]:
-    """The Markdown lines of the Findings section."""
-    lines: list[str] = []
-    if table.empty:
-        return ["No complete runs in the store."]
-    defaults = table[table["protocol"] == "defaults"]
-    for (task, scale, problem), g in defaults.groupby(["task", "scale", "problem"], sort=True):
-        base = g[g["optimizer"] == BASELINE]
-        label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
-        metric = f"{g['metric'].iloc[0]} ({'lower' if g['direction'].iloc[0] == 'min' else 'higher'} is better)"
-        lines.append(f"- {label}, {metric}:")
-        if base.empty:
-            lines.append(f"  - no {BASELINE} entry to compare with")
-            continue
-        for _, e in g[g["optimizer"] != BASELINE].sort_values("optimizer").iterrows():
-            lines.append(f"  - {compare(e, base.iloc[0])}")
-    for study in sensitivity.studies(runs, long):
-        lines.append(f"- LR sensitivity, `{study.task}` at `{study.scale}`:")
-        lines += [f"  - {line}" for line in study_lines(study)]
-    return lines
-
-
-def natural_spike_lines(runs: pd.DataFrame) -> list[str]:
-    """Loss spikes met without injection, per problem at declared defaults: each optimizer's loss spikes
-    per run (the suite's own telemetry, summary spike_events) with a 95% bootstrap CI, and SPAM against
-    AdamW by the paired test on shared seeds. Then the conclusion they support about a spiky regime."""
-    lines: list[str] = []
-    calm: list[str] = []  # problems where AdamW met no loss spike: not a spiky regime
-    natural = runs[(runs["recipe"] == "defaults") & (runs["status"] == "complete")] if len(runs) else runs
-    for (task, scale, problem), g in natural.groupby(["task", "scale", "problem"], sort=True):
-        events = [_json(v) for v in g["spike_events"]]
-        if any(e.get("injected", 0) for e in events):
-            continue  # injected spikes are the spikes task's own finding, above
-        counts = g.assign(loss_spikes=[_loss_spikes(e) for e in events]).dropna(subset=["loss_spikes"])
-        if counts.empty:
-            continue
-        label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
-        per_opt = {str(o): dict(zip(c["seed"], c["loss_spikes"], strict=True)) for o, c in counts.groupby("optimizer")}
-        parts = []
-        for optimizer, seeds in sorted(per_opt.items()):
-            lo, hi = stats.bootstrap_ci(list(seeds.values()))
-            mean = sum(seeds.values()) / len(seeds)
-            parts.append(f"{optimizer} {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] (n={len(seeds)})")
-        lines.append(f"- {label}, loss spikes per run: " + "; ".join(parts))
-        base = per_opt.get(BASELINE, {})
-        if base and not any(base.values()):
-            calm.append(f"`{task}`")
-        if base and "spam" in per_opt:
-            lines.append(f"  - spam vs {BASELINE}: {_count_test(per_opt['spam'], base)}")
-    if not lines:
-        return ["No complete run without injected spikes in this snapshot."]
-    if calm:
-        lines.append(
-            f"- {BASELINE} met no loss spike without injection on {', '.join(calm)}: not a spiky regime, so "
-            "SPAM's effect on natural spikes cannot be measured there."
-        )
-    return lines
-
-
-def _count_test(a: Mapping[Any, float], b: Mapping[Any, float]) -> str:
-    p, shared, diff = stats.paired_test(a, b, "min")
-    if not math.isfinite(p):
-        return f"not tested ({shared} shared seeds; the paired test needs {stats.MIN_SEEDS})"
-    if p < stats.ALPHA:
-        return f"**{'spam' if diff < 0 else BASELINE} has fewer** (paired t-test on {shared} seeds, p = {p:.3g})"
-    return f"**cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {_seeds_to_resolve(a, b, 'min')})"
-
-
-def _loss_spikes(events: Mapping[str, Any]) -> int | None:
-    count = events.get("loss_spikes")
-    return int(count) if isinstance(count, int | float) else None
-
-
-def study_lines(study: sensitivity.Study) -> list[str]:
-    """Each optimizer's best lr, stable-range width and LR sensitivity in one LR study (with bootstrap CIs),
-    then each optimizer against AdamW on both: wider or narrower, less or more sensitive, or cannot separate."""
-    lines = [
-        f"{c.label}: best lr {_fmt(c.best_lr)}, within {sensitivity.WITHIN_BEST:.0%} of its best from lr "
-        f"{_fmt(c.good_lo)} to {_fmt(c.good_hi)} ({_fmt(c.width)} decades {_ci(c.width_ci)}), LR sensitivity "
-        f"{_fmt(c.sensitivity)} {_ci(c.sensitivity_ci)} ({int(c.seeds.min())}-{int(c.seeds.max())} seeds per lr, "
-        f"{int(c.diverged.sum())} diverged)"
-        for c in study.curves
-    ]
-    base = [c for c in study.curves if c.optimizer == BASELINE and not c.opt_hparams]
-    for c in study.curves:
-        if base and c is not base[0]:
-            lines.append(f"{c.label} vs {BASELINE}: {_study_comparison(sensitivity.differences(c, base[0]))}")
-    return lines
-
-
-def _ci(ci: tuple[float, float]) -> str:
-    lo, hi = ci
-    return f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else "[no CI: an lr has < 2 seeds]"
-
-
-def _study_comparison(diff: Mapping[str, sensitivity.Difference]) -> str:
-    width, sens = diff["width"], diff["sensitivity"]
-    if not math.isfinite(width.lo):
-        return "not compared (different lrs, or an lr with fewer than 2 seeds)"
-    ranged = (
-        f"stable range **{'wider' if width.value > 0 else 'narrower'}** by {_fmt(abs(width.value))} decades"
-        if width.resolved
-        else "stable range: **cannot separate**"
-    )
-    sensed = (
-        f"LR sensitivity **{'lower' if sens.value < 0 else 'higher'}**"
-        if sens.resolved
-        else "LR sensitivity: **cannot separate**"
-    )
-    return (
-        f"{ranged} (difference {_fmt(width.value)} decades [{_fmt(width.lo)}, {_fmt(width.hi)}]); {sensed} "
-        f"(difference {_fmt(sens.value)} [{_fmt(sens.lo)}, {_fmt(sens.hi)}]); 95% bootstrap CIs over seeds"
-    )
 
 
 def coverage(runs: pd.DataFrame) -> list[str]:
@@ -336,6 +187,10 @@ def write_published(
         "Every number below is computed from the runs in `runs.parquet` and `results.parquet` beside this "
         "file (a snapshot that later `spambench publish` runs add to); each run there records its spec, "
         "code fingerprint, git commit and machine.",
+        "",
+        "## In short",
+        "",
+        *headline(table, runs, long),
         "",
         "## Coverage",
         "",

@@ -4,7 +4,10 @@ Scores are relative to AdamW on the same problem, so that tasks with different m
 score = (AdamW's mean - value) / |AdamW's mean| where lower is better, and (value - AdamW's mean) /
 |AdamW's mean| where higher is better; 0 is "as good as AdamW", 0.05 is "5% better". A diverged run
 scores -1 (it lost everything it had). Only runs at each optimizer's defaults enter (one protocol,
-never mixed with tuned or hand-picked settings), and only problems where AdamW has a finite mean.
+never mixed with tuned or hand-picked settings), and only problems where AdamW has a finite mean over
+at least stats.MIN_SEEDS complete seeds; an optimizer enters a problem only with at least MIN_SEEDS
+runs there (complete or diverged), the rule the leaderboard ranks by, so two lucky seeds cannot carry
+an aggregate.
 
 For each optimizer: the IQM of its scores with a stratified bootstrap CI (strata: problems), and the
 probability that one of its runs beats one of AdamW's, with its CI. Per problem and optimizer: the
@@ -16,11 +19,12 @@ tell the two apart, and the table says so.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from spam_bench.reports import robust_stats
+from spam_bench.reports import robust_stats, stats
 from spam_bench.reports.blocks import Block, Table, fmt
 
 BASELINE = "adamw"
@@ -34,11 +38,13 @@ def _scores(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, g in runs.groupby(PROBLEM, sort=True):
         base = g[(g.optimizer == BASELINE) & (g.status == "complete")]["value"].astype(float)
-        mean = float(base.mean()) if len(base) else math.nan
+        mean = float(base.mean()) if len(base) >= stats.MIN_SEEDS else math.nan
         if not math.isfinite(mean) or mean == 0:
             continue
         flip = 1.0 if g.direction.iloc[0] == "min" else -1.0
-        for r in g.itertuples():
+        counted = g[g.status.isin(["complete", "diverged"])]
+        enough = {o for o, c in counted.groupby("optimizer") if c.seed.nunique() >= stats.MIN_SEEDS}
+        for r in counted[counted.optimizer.isin(enough)].itertuples():
             value = float(r.value) if r.value is not None and r.status == "complete" else math.nan
             score = flip * (mean - value) / abs(mean) if math.isfinite(value) else DIVERGED_SCORE
             rows.append(
@@ -77,34 +83,65 @@ def _seeds_needed(scores: pd.DataFrame, optimizer: str) -> list[list[str]]:
     return rows
 
 
-def blocks(runs: pd.DataFrame) -> list[Block]:
-    """The section, or nothing when no problem has an AdamW baseline at defaults."""
+@dataclass(frozen=True)
+class Aggregate:
+    """One optimizer's scores against AdamW pooled over the problems both ran: IQM and P(improvement)."""
+
+    optimizer: str
+    problems: int
+    runs: int
+    iqm: float
+    iqm_lo: float
+    iqm_hi: float
+    poi: float
+    poi_lo: float
+    poi_hi: float
+
+    @property
+    def verdict(self) -> str:
+        """'better' or 'worse' only when neither CI holds the no-difference value (0, or 0.5)."""
+        if (self.iqm_lo <= 0 <= self.iqm_hi) or (self.poi_lo <= 0.5 <= self.poi_hi):
+            return "cannot tell from AdamW"
+        return "better" if self.iqm > 0 else "worse"
+
+
+def aggregates(runs: pd.DataFrame) -> list[Aggregate]:
+    """Every optimizer's Aggregate, best IQM first (none when no problem has an AdamW baseline)."""
     scores = _scores(runs)
     if scores.empty or BASELINE not in set(scores.optimizer):
         return []
     base = _by_problem(scores, BASELINE)
-    rows, seed_rows = [], []
+    out = []
     for optimizer in sorted(set(scores.optimizer) - {BASELINE}):
-        mine = _by_problem(scores, optimizer)
-        shared = {p: v for p, v in mine.items() if p in base}
+        shared = {p: v for p, v in _by_problem(scores, optimizer).items() if p in base}
         if not shared:
             continue
         point, lo, hi = robust_stats.stratified_bootstrap_ci(shared)
         poi, plo, phi = robust_stats.probability_of_improvement(shared, {p: base[p] for p in shared})
-        unresolved = (lo <= 0 <= hi) or (plo <= 0.5 <= phi)
-        rows.append(
-            [
-                optimizer,
-                str(len(shared)),
-                str(sum(len(v) for v in shared.values())),
-                fmt(point, 3),
-                _interval(lo, hi),
-                fmt(poi, 3),
-                _interval(plo, phi),
-                "cannot tell from AdamW" if unresolved else ("better" if point > 0 else "worse"),
-            ]
+        out.append(
+            Aggregate(optimizer, len(shared), sum(len(v) for v in shared.values()), point, lo, hi, poi, plo, phi)
         )
-        seed_rows += _seeds_needed(scores, optimizer)
+    return sorted(out, key=lambda a: (-a.iqm, a.optimizer))
+
+
+def blocks(runs: pd.DataFrame) -> list[Block]:
+    """The section, or nothing when no problem has an AdamW baseline at defaults."""
+    aggs = aggregates(runs)
+    scores = _scores(runs)
+    rows = [
+        [
+            a.optimizer,
+            str(a.problems),
+            str(a.runs),
+            fmt(a.iqm, 3),
+            _interval(a.iqm_lo, a.iqm_hi),
+            fmt(a.poi, 3),
+            _interval(a.poi_lo, a.poi_hi),
+            a.verdict,
+        ]
+        for a in aggs
+    ]
+    seed_rows = [row for a in sorted(aggs, key=lambda a: a.optimizer) for row in _seeds_needed(scores, a.optimizer)]
     if not rows:
         return []
     out = [
@@ -113,8 +150,9 @@ def blocks(runs: pd.DataFrame) -> list[Block]:
             "p",
             "Score = improvement over AdamW's mean on the same problem (0.05 = 5% better; a "
             "diverged run scores -1). IQM and its 95% stratified bootstrap CI over all runs, and "
-            "P(a run beats one of AdamW's) with its CI (Agarwal et al. 2021). Where a CI contains "
-            "0 (or 0.5), the data cannot separate the optimizer from AdamW.",
+            "P(a run beats one of AdamW's) with its CI (Agarwal et al. 2021), best IQM first. Where a CI "
+            "contains 0 (or 0.5), the data cannot separate the optimizer from AdamW. A problem enters only "
+            f"where AdamW and the optimizer each have {stats.MIN_SEEDS}+ seeds.",
         ),
         Block(
             "table",

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from spam_bench.reports.build import write_leaderboard
-from spam_bench.reports.published import _seed_ranges, coverage, natural_spike_lines
+from spam_bench.reports.findings import natural_spike_lines
+from spam_bench.reports.published import _seed_ranges, coverage
 from spam_bench.runners.cli import main
 from spam_bench.suite.sweep import parse_seeds
 
@@ -323,3 +324,20 @@ def test_coverage_tells_a_task_with_too_few_seeds_from_a_task_with_no_runs():
     assert "2 runs, but no optimizer at 3+ seeds yet" in by_task["llm"] and "adamw" in by_task["llm"]
     assert by_task["rl"].endswith("**not in this snapshot yet**")
     assert "1 optimizers at 3+ seeds" in by_task["tsf"] and "spam" in by_task["tsf"].split("not yet:")[1]
+
+
+def test_in_short_answers_the_three_questions_from_the_same_tests_as_the_findings(published):
+    _, _, text = published
+    short = text.split("## In short", 1)[1].split("## Coverage", 1)[0]
+    assert "- **Does SPAM widen the stable LR range?**\n  - no LR study of both spam and adamw" in short
+    # the fixture injects no spikes and adamw met none: said as such, not as a spam win
+    assert "adamw met no loss spike on `rl` at `tiny`, `tsf` at `tiny`" in short
+    iqm = [line for line in short.splitlines() if line.startswith("  - ") and " IQM **" in line]
+    assert [line.split()[1] for line in iqm] == ["spam", "adafactor"]  # best IQM first
+    # spam: better by the paired test on rl, cannot separate on tsf (the Findings above say the same)
+    assert iqm[0].endswith("paired tests: better on 1, cannot separate on 1")
+    findings = text.split("## Findings", 1)[1]
+    assert "**spam better** (paired t-test on 3 seeds" in findings.split("- `tsf`", 1)[0]
+    assert "**cannot separate**" in _finding(findings.split("- `tsf`", 1)[1], "spam ")
+    # stable_spam has one seed: it enters no aggregate
+    assert "stable_spam" not in "\n".join(iqm)

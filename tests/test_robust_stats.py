@@ -87,3 +87,8 @@ def test_the_report_section_says_when_the_data_cannot_separate_an_optimizer_from
     assert "| fast | 1 | 3 |" in clear and "| better |" in clear
     mixed = to_markdown(robust_section.blocks(runs({"adamw": [1.0, 1.2, 0.8], "noisy": [0.9, 1.3, 0.85]})))
     assert "cannot tell from AdamW" in mixed
+    # two seeds never enter an aggregate (the leaderboard's ranking rule); rows come best IQM first
+    thin = runs({"adamw": [1.0, 1.01, 0.99], "lucky": [0.1, 0.1], "fast": [0.5, 0.51, 0.49], "slow": [2.0, 2.1, 1.9]})
+    assert [a.optimizer for a in robust_section.aggregates(thin)] == ["fast", "slow"]
+    assert robust_section.aggregates(thin)[1].verdict == "worse"
+    assert robust_section.aggregates(runs({"adamw": [1.0, 1.01], "fast": [0.5, 0.51, 0.49]})) == []
