@@ -91,6 +91,10 @@ def expand(
     `opt_sets` adds per-optimizer values (the tuned configuration of `--from-tuning`). Refused: a
     key both fixed (`sets`) and swept (`grid`); more than MAX_SWEEP_RUNS runs (counted before
     resolving any); two combinations that are the same run (grid values equal once typed, 1e-3 and 0.001).
+
+    A swept value equal to the one the run has without it (an LR study's grid holding the task's
+    default lr) is dropped from the run's overrides, so that combination *is* the defaults run: the
+    same run id, reused from the store, and one entry in the leaderboard instead of a hand-set twin.
     """
     keys = sorted(grid)
     for key in keys:
@@ -103,22 +107,43 @@ def expand(
     seen: dict[str, str] = {}
     for opt, values in itertools.product(optimizers, itertools.product(*(grid[k] for k in keys))):
         for seed in seeds:
-            runs.append(
-                resolve(
-                    task=task,
-                    optimizer=opt,
-                    seed=seed,
-                    scale=scale,
-                    device=device,
-                    device_here=False,
-                    sets={**(sets or {}), **(opt_sets or {}).get(opt, {}), **dict(zip(keys, values))},
-                )
-            )
+            fixed = {**(sets or {}), **(opt_sets or {}).get(opt, {})}
+            swept = dict(zip(keys, values))
+            runs.append(_resolve_swept(task, opt, seed, scale, device, fixed, swept))
             combo = ", ".join([opt, *(f"{k}={v}" for k, v in zip(keys, values)), f"seed {seed}"])
             if runs[-1].spec.run_id in seen:
                 raise ConfigError("--grid", combo, f"distinct runs (the same run as {seen[runs[-1].spec.run_id]})")
             seen[runs[-1].spec.run_id] = combo
     return runs
+
+
+def _resolve_swept(
+    task: str, opt: str, seed: int, scale: str, device: str, fixed: Mapping[str, str], swept: Mapping[str, str]
+) -> ResolvedRun:
+    """One grid combination, resolved without the swept keys whose value is what the run would have anyway."""
+
+    def run(keys: Mapping[str, str]) -> ResolvedRun:
+        return resolve(
+            task=task, optimizer=opt, seed=seed, scale=scale, device=device, device_here=False, sets={**fixed, **keys}
+        )
+
+    resolved = run(swept)
+    kept = dict(swept)
+    for key in swept:
+        try:
+            without = run({k: v for k, v in kept.items() if k != key})
+        except ConfigError:  # the run is invalid without this value: it is not a default
+            continue
+        if _typed(without, key) == _typed(resolved, key):
+            kept.pop(key)
+    return resolved if len(kept) == len(swept) else run(kept)
+
+
+def _typed(run: ResolvedRun, key: str) -> object:
+    """The resolved value of a --grid key (a task field, or opt.<field>) in a run's configs."""
+    if key.startswith("opt."):
+        return getattr(run.opt_config, key[4:], None)
+    return getattr(run.config, key, getattr(run.opt_config, key, None))
 
 
 def sweep_name(runs: list[ResolvedRun]) -> str:

@@ -60,6 +60,15 @@ def test_expand_is_optimizers_x_grid_x_seeds_with_distinct_run_ids():
     assert len(runs) == 4 and len({r.spec.run_id for r in runs}) == 4
 
 
+def test_a_swept_value_equal_to_the_default_is_the_defaults_run():
+    """An LR study's grid holding the task's own lr reuses the defaults runs instead of making twins."""
+    (default,) = expand(task="llm", optimizers=["adamw"], seeds=[0], grid={})
+    swept = expand(task="llm", optimizers=["adamw"], seeds=[0], grid={"lr": ["1e-3", "3e-3"], "opt.beta2": ["0.999"]})
+    assert swept[0].spec.run_id == default.spec.run_id and swept[0].spec.overrides == {}
+    assert swept[0].spec.opt_hparams == {}  # beta2 0.999 is AdamW's default too
+    assert swept[1].spec.overrides == {"lr": 0.003} and swept[1].config.lr == 0.003
+
+
 @pytest.mark.parametrize(
     "extra,expected",
     [
