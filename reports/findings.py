@@ -56,8 +56,11 @@ def _seeds_to_resolve(a: Mapping[Any, float], b: Mapping[Any, float], direction:
     return f"about {n} seeds would resolve the observed difference at 80% power"
 
 
-def findings(table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame) -> list[str]:
-    """The Markdown lines of the Findings section."""
+def findings(
+    table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame, figures: Mapping[str, str] | None = None
+) -> list[str]:
+    """The Markdown lines of the Findings section; `figures` maps an LR study's image name to the path
+    RESULTS.md links it by."""
     lines: list[str] = []
     if table.empty:
         return ["No complete runs in the store."]
@@ -75,6 +78,10 @@ def findings(table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame) -> lis
     for study in sensitivity.studies(runs, long):
         lines.append(f"- LR sensitivity, `{study.task}` at `{study.scale}`:")
         lines += [f"  - {line}" for line in study_lines(study)]
+        if figures and study.image in figures:
+            lines.append(
+                f"  - final {study.metric} against lr: ![LR sensitivity, {study.task}]({figures[study.image]})"
+            )
     return lines
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from spam_bench.reports import leaderboard, snapshot, stats
+from spam_bench.reports import leaderboard, sensitivity, snapshot, stats
 from spam_bench.reports.build import tuning_records, write_leaderboard
 from spam_bench.reports.findings import BASELINE, findings, headline, natural_spike_lines
 from spam_bench.reports.leaderboard import _json
@@ -40,6 +40,7 @@ from spam_bench.suite.registry import OPTIMIZERS, TASKS
 from spam_bench.suite.results import RunStore
 
 RESULTS_MD = "RESULTS.md"
+FIGURES = "figures"  # the LR studies' figures, in a folder beside RESULTS.md
 
 
 def coverage(runs: pd.DataFrame) -> list[str]:
@@ -175,6 +176,7 @@ def write_published(
     table = leaderboard.entries(runs, merged.tuned) if len(runs) else pd.DataFrame()
     # The store's path is this machine's: the commands name it STORE.
     commands = list(commands) if commands is not None else commands_for(every, Path("STORE"))
+    figures = study_figures(runs, long)
     date = (today or dt.date.today()).isoformat()
     body = [
         "# spam-bench: published results",
@@ -209,7 +211,7 @@ def write_published(
         f"Each optimizer against {BASELINE}, both at their declared defaults: a two-sided paired t-test on "
         f"the seeds both completed (alpha {stats.ALPHA}); means with 95% bootstrap CIs.",
         "",
-        *findings(table, runs, long),
+        *findings(table, runs, long, {name: f"{FIGURES}/{name}" for name in figures}),
         "",
         "### Natural loss spikes",
         "",
@@ -227,8 +229,28 @@ def write_published(
         _demoted(markdown),
     ]
     text = "\n".join(body).rstrip() + "\n"
+    # The figures first, so that RESULTS.md never links one that is not there; then figures that no
+    # study draws any more go (a figure's name is its problem's, so a kept one is overwritten).
+    if figures:
+        snapshot.write_files(into / FIGURES, figures)
     snapshot.write_files(into, {**snapshot.snapshot_files(merged), RESULTS_MD: text.encode()})
+    for stale in (into / FIGURES).glob("*.png") if (into / FIGURES).is_dir() else ():
+        if stale.name not in figures:
+            stale.unlink()
     return into / RESULTS_MD
+
+
+def study_figures(runs: pd.DataFrame, long: pd.DataFrame) -> dict[str, bytes]:
+    """Each LR study's figure (reports/sensitivity_plot.py) as PNG bytes, by its file name: the
+    studies are RESULTS.md's one picture worth its bytes in the repository."""
+    found = sensitivity.studies(runs, long)
+    if not found:
+        return {}
+    from spam_bench.reports import plots, sensitivity_plot  # matplotlib only when drawing
+
+    with tempfile.TemporaryDirectory(prefix="spambench-figures-") as tmp:
+        names = sensitivity_plot.write_all(found, plots.palette(list(runs["optimizer"].unique())), Path(tmp))
+        return {name: (Path(tmp) / name).read_bytes() for name in sorted(names)}
 
 
 def _demoted(markdown: str) -> str:

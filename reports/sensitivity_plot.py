@@ -39,10 +39,18 @@ def figure(study: Study, colors: dict[str, str], out: Path) -> str:
             ax.scatter(xs, np.full(len(xs), study.cap), marker="x", color=c, s=50, lw=1.8, zorder=5)
         values += [*curve.mean, *curve.ci_lo[ok], *curve.ci_hi[ok]]
     values = [v for v in values if np.isfinite(v)]
-    ax.axhline(study.cap, color="grey", lw=0.8, ls="--", label="cap")
+    diverged = any(curve.diverged.sum() for curve in study.curves)
     ax.set_xscale("log")
     if values and min(values) > 0 and max(values) / min(values) > 10:
         ax.set_yscale("log")
+    if values and not diverged and _far(study.cap, min(values), max(values), ax.get_yscale() == "log"):
+        # no seed sits at the cap: drawing it would flatten every curve against its far-off line
+        lo, hi = min(values), max(values)
+        pad = 0.08 * (hi - lo or abs(hi) or 1.0)
+        ax.set_ylim(*((lo / 1.15, hi * 1.15) if ax.get_yscale() == "log" else (lo - pad, hi + pad)))
+        ax.plot([], [], color="grey", lw=0.8, ls="--", label=f"cap {study.cap:.4g} (off the chart)")
+    else:
+        ax.axhline(study.cap, color="grey", lw=0.8, ls="--", label="cap")
     better = "lower" if study.direction == "min" else "higher"
     ax.set(xlabel="learning rate", ylabel=f"final {mathtext_safe(study.metric)} ({better} is better)")
     ax.set_title(
@@ -54,6 +62,14 @@ def figure(study: Study, colors: dict[str, str], out: Path) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, out, study.image)
+
+
+def _far(cap: float, lo: float, hi: float, log: bool) -> bool:
+    """Whether the cap lies more than the data's own span beyond the data (in log y: a factor of 3)."""
+    if log:
+        return cap > 3 * hi or cap < lo / 3
+    span = hi - lo or abs(hi) or 1.0
+    return cap > hi + span or cap < lo - span
 
 
 def write_all(found: list[Study], colors: dict[str, str], out: Path) -> set[str]:

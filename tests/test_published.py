@@ -171,10 +171,11 @@ def test_publishing_two_stores_into_one_folder_gives_what_one_store_of_both_give
     # publishing the same store again changes nothing: a run in both is kept once
     assert main(["publish", "--out", str(_store_of(tmp_path, "c", ("rl",))), "--into", str(into)]) == 0
     assert (into / "RESULTS.md").read_text() == text
-    assert not [p.name for p in into.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not [p.name for p in into.rglob(".*")]  # no temporary file left, figures/ included
     umask = os.umask(0o022)
     os.umask(umask)
-    assert {oct(p.stat().st_mode & 0o777) for p in into.iterdir()} == {oct(0o666 & ~umask)}  # as open() makes
+    files = [p for p in into.rglob("*") if p.is_file()]  # figures/ included
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}  # as open() makes
 
 
 def test_a_stale_copy_in_a_store_does_not_replace_a_newer_published_run(published, tmp_path):
@@ -252,12 +253,12 @@ def test_a_damaged_or_hostile_snapshot_is_refused_in_one_line_and_nothing_is_wri
     shutil.copytree(whole, into)
     damage, words = spoil
     damage(into)
-    before = {p.name: p.read_bytes() for p in into.iterdir()}
+    before = {p.relative_to(into): p.read_bytes() for p in into.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["publish", "--out", str(store), "--into", str(into)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
-    assert {p.name: p.read_bytes() for p in into.iterdir()} == before
+    assert {p.relative_to(into): p.read_bytes() for p in into.rglob("*") if p.is_file()} == before
 
 
 def test_a_files_own_pandas_metadata_is_ignored_not_followed(published, tmp_path):
@@ -341,3 +342,16 @@ def test_in_short_answers_the_three_questions_from_the_same_tests_as_the_finding
     assert "**cannot separate**" in _finding(findings.split("- `tsf`", 1)[1], "spam ")
     # stable_spam has one seed: it enters no aggregate
     assert "stable_spam" not in "\n".join(iqm)
+
+
+def test_each_lr_study_figure_is_published_beside_results_md_and_a_stale_one_goes(published, tmp_path):
+    store, into, text = published
+    (link,) = [line for line in text.splitlines() if "![LR sensitivity, tsf](" in line]
+    figure = into / link.split("](", 1)[1].rstrip(")")
+    assert figure.parent == into / "figures" and figure.read_bytes().startswith(b"\x89PNG")
+    # publishing again into a copy: a figure no study draws any more is removed, the study's stays
+    again = tmp_path / "again"
+    shutil.copytree(into, again)
+    (again / "figures" / "lr-sensitivity-gone-tiny.png").write_bytes(b"old")
+    assert main(["publish", "--out", str(store), "--into", str(again)]) == 0
+    assert sorted(p.name for p in (again / "figures").iterdir()) == [figure.name]
