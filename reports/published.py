@@ -33,7 +33,7 @@ import pandas as pd
 from spam_bench.reports import leaderboard, sensitivity, snapshot, stats
 from spam_bench.reports.build import tuning_records, write_leaderboard
 from spam_bench.reports.findings import BASELINE, findings, headline, natural_spike_lines
-from spam_bench.reports.leaderboard import _json
+from spam_bench.reports.leaderboard import _duration, _json
 from spam_bench.reports.summary import load_runs
 from spam_bench.suite.errors import NOT_APPLICABLE
 from spam_bench.suite.registry import OPTIMIZERS, TASKS
@@ -44,7 +44,8 @@ FIGURES = "figures"  # the LR studies' figures, in a folder beside RESULTS.md
 
 
 def coverage(runs: pd.DataFrame) -> list[str]:
-    """Which registered tasks and optimizers the snapshot covers at MIN_SEEDS complete seeds, and which not."""
+    """Which registered tasks and optimizers the snapshot covers at MIN_SEEDS complete seeds, and which
+    not; with each task's runs and their wall-clock times added up (what its leaderboard costs)."""
     lines = []
     for task in TASKS.names():
         mine = runs[runs.task == task] if len(runs) else runs
@@ -55,18 +56,18 @@ def coverage(runs: pd.DataFrame) -> list[str]:
         full = sorted(o for o in wanted if seeds.get(o, 0) >= stats.MIN_SEEDS)
         missing = sorted(o for o in wanted if seeds.get(o, 0) < stats.MIN_SEEDS)
         na = f" ({', '.join(sorted(refused))} not applicable)" if refused else ""
-        if not missing:
-            lines.append(f"- `{task}`: every applicable optimizer at {stats.MIN_SEEDS}+ seeds{na}")
-        elif len(done) == 0:
+        cost = f" [{len(done)} runs, {_duration(pd.to_numeric(done.wall_time_s, errors='coerce').sum())} of run time]"
+        if len(done) == 0:
             lines.append(f"- `{task}`: **not in this snapshot yet**")
+        elif not missing:
+            lines.append(f"- `{task}`: every applicable optimizer at {stats.MIN_SEEDS}+ seeds{na}{cost}")
         elif not full:
             lines.append(
-                f"- `{task}`: {len(done)} runs, but no optimizer at {stats.MIN_SEEDS}+ seeds yet; "
-                f"not yet: {', '.join(missing)}"
+                f"- `{task}`: no optimizer at {stats.MIN_SEEDS}+ seeds yet; not yet: {', '.join(missing)}{cost}"
             )
         else:
             lines.append(
-                f"- `{task}`: {len(full)} optimizers at {stats.MIN_SEEDS}+ seeds; not yet: {', '.join(missing)}"
+                f"- `{task}`: {len(full)} optimizers at {stats.MIN_SEEDS}+ seeds; not yet: {', '.join(missing)}{cost}"
             )
     return lines
 

@@ -318,11 +318,13 @@ def test_provenance_names_each_runs_machine_class():
 
 
 def test_coverage_tells_a_task_with_too_few_seeds_from_a_task_with_no_runs():
-    rows = [("llm", "adamw", seed, "complete") for seed in (0, 1)]
-    rows += [("tsf", "adamw", seed, "complete") for seed in (0, 1, 2)] + [("tsf", "spam", 0, "diverged")]
-    lines = coverage(pd.DataFrame(rows, columns=["task", "optimizer", "seed", "status"]))
+    rows = [("llm", "adamw", seed, "complete", 600.0) for seed in (0, 1)]
+    rows += [("tsf", "adamw", seed, "complete", 60.0) for seed in (0, 1, 2)] + [("tsf", "spam", 0, "diverged", 30.0)]
+    lines = coverage(pd.DataFrame(rows, columns=["task", "optimizer", "seed", "status", "wall_time_s"]))
     by_task = {line.split("`")[1]: line for line in lines}
-    assert "2 runs, but no optimizer at 3+ seeds yet" in by_task["llm"] and "adamw" in by_task["llm"]
+    assert "no optimizer at 3+ seeds yet" in by_task["llm"] and "adamw" in by_task["llm"]
+    assert by_task["llm"].endswith("[2 runs, 20.0 min of run time]")
+    assert by_task["tsf"].endswith("[4 runs, 3.5 min of run time]")
     assert by_task["rl"].endswith("**not in this snapshot yet**")
     assert "1 optimizers at 3+ seeds" in by_task["tsf"] and "spam" in by_task["tsf"].split("not yet:")[1]
 
