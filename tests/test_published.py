@@ -357,3 +357,19 @@ def test_each_lr_study_figure_is_published_beside_results_md_and_a_stale_one_goe
     (again / "figures" / "lr-sensitivity-gone-tiny.png").write_bytes(b"old")
     assert main(["publish", "--out", str(store), "--into", str(again)]) == 0
     assert sorted(p.name for p in (again / "figures").iterdir()) == [figure.name]
+
+
+def test_the_committed_results_md_is_what_publish_makes_from_the_committed_snapshot(tmp_path):
+    """results/RESULTS.md is never edited by hand and never goes stale: republishing the committed
+    snapshot (with an empty store) gives it again, word for word but for the date, with its figures.
+    After a change to what publish writes, run `spambench publish --out <empty> --into results`."""
+    committed = Path(__file__).parents[1] / "results"
+    into = tmp_path / "results"
+    shutil.copytree(committed, into, ignore=shutil.ignore_patterns("archive-*"))
+    (tmp_path / "store").mkdir()
+    assert main(["publish", "--out", str(tmp_path / "store"), "--into", str(into)]) == 0
+    dated = lambda text: [line for line in text.splitlines() if not line.startswith("Generated on ")]
+    assert dated((into / "RESULTS.md").read_text()) == dated((committed / "RESULTS.md").read_text())
+    assert sorted(p.name for p in (into / "figures").iterdir()) == sorted(
+        p.name for p in (committed / "figures").iterdir()
+    )
