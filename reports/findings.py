@@ -57,7 +57,7 @@ def _seeds_to_resolve(a: Mapping[Any, float], b: Mapping[Any, float], direction:
 
 
 def findings(
-    table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame, figures: Mapping[str, str] | None = None
+    table: pd.DataFrame, studies: list[sensitivity.Study], figures: Mapping[str, str] | None = None
 ) -> list[str]:
     """The Markdown lines of the Findings section; `figures` maps an LR study's image name to the path
     RESULTS.md links it by."""
@@ -67,7 +67,7 @@ def findings(
     defaults = table[table["protocol"] == "defaults"]
     for (task, scale, problem), g in defaults.groupby(["task", "scale", "problem"], sort=True):
         base = g[g["optimizer"] == BASELINE]
-        label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
+        label = _label(task, scale, problem)
         metric = f"{g['metric'].iloc[0]} ({'lower' if g['direction'].iloc[0] == 'min' else 'higher'} is better)"
         lines.append(f"- {label}, {metric}:")
         if base.empty:
@@ -75,7 +75,7 @@ def findings(
             continue
         for _, e in g[g["optimizer"] != BASELINE].sort_values("optimizer").iterrows():
             lines.append(f"  - {compare(e, base.iloc[0])}")
-    for study in sensitivity.studies(runs, long):
+    for study in studies:
         lines.append(f"- LR sensitivity, `{study.task}` at `{study.scale}`:")
         lines += [f"  - {line}" for line in study_lines(study)]
         if figures and study.image in figures:
@@ -93,13 +93,13 @@ def natural_spike_lines(runs: pd.DataFrame) -> list[str]:
     calm: list[str] = []  # problems where AdamW met no loss spike: not a spiky regime
     natural = runs[(runs["recipe"] == "defaults") & (runs["status"] == "complete")] if len(runs) else runs
     for (task, scale, problem), g in natural.groupby(["task", "scale", "problem"], sort=True):
-        events = [_json(v) for v in g["spike_events"]]
-        if any(e.get("injected", 0) for e in events):
+        if _injected(g):
             continue  # injected spikes are the spikes task's own finding, above
+        events = [_json(v) for v in g["spike_events"]]
         counts = g.assign(loss_spikes=[_loss_spikes(e) for e in events]).dropna(subset=["loss_spikes"])
         if counts.empty:
             continue
-        label = f"`{task}` at `{scale}`" + ("" if problem == "defaults" else f" ({problem})")
+        label = _label(task, scale, problem)
         per_opt = {str(o): dict(zip(c["seed"], c["loss_spikes"], strict=True)) for o, c in counts.groupby("optimizer")}
         parts = []
         for optimizer, seeds in sorted(per_opt.items()):
@@ -186,13 +186,13 @@ def _injected(g: pd.DataFrame) -> bool:
     return any(_json(v).get("injected", 0) for v in g["spike_events"])
 
 
-def headline(table: pd.DataFrame, runs: pd.DataFrame, long: pd.DataFrame) -> list[str]:
+def headline(table: pd.DataFrame, runs: pd.DataFrame, studies: list[sensitivity.Study]) -> list[str]:
     """RESULTS.md's "In short": SPAM's stable LR range against AdamW's in each LR study, SPAM against
     AdamW where spikes are injected and whether any problem spikes without injection, and the IQM
     ranking across tasks; each line says where the data cannot separate the optimizers."""
     lines = ["- **Does SPAM widen the stable LR range?**"]
     found = False
-    for study in sensitivity.studies(runs, long):
+    for study in studies:
         mine = [c for c in study.curves if c.optimizer == SUBJECT and not c.opt_hparams]
         base = [c for c in study.curves if c.optimizer == BASELINE and not c.opt_hparams]
         if mine and base:

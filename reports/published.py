@@ -177,7 +177,8 @@ def write_published(
     table = leaderboard.entries(runs, merged.tuned) if len(runs) else pd.DataFrame()
     # The store's path is this machine's: the commands name it STORE.
     commands = list(commands) if commands is not None else commands_for(every, Path("STORE"))
-    figures = study_figures(runs, long)
+    studies = sensitivity.studies(runs, long)  # once, for the headline, the findings and the figures
+    figures = study_figures(studies, runs)
     date = (today or dt.date.today()).isoformat()
     body = [
         "# spam-bench: published results",
@@ -193,7 +194,7 @@ def write_published(
         "",
         "## In short",
         "",
-        *headline(table, runs, long),
+        *headline(table, runs, studies),
         "",
         "## Coverage",
         "",
@@ -212,7 +213,7 @@ def write_published(
         f"Each optimizer against {BASELINE}, both at their declared defaults: a two-sided paired t-test on "
         f"the seeds both completed (alpha {stats.ALPHA}); means with 95% bootstrap CIs.",
         "",
-        *findings(table, runs, long, {name: f"{FIGURES}/{name}" for name in figures}),
+        *findings(table, studies, {name: f"{FIGURES}/{name}" for name in figures}),
         "",
         "### Natural loss spikes",
         "",
@@ -241,10 +242,9 @@ def write_published(
     return into / RESULTS_MD
 
 
-def study_figures(runs: pd.DataFrame, long: pd.DataFrame) -> dict[str, bytes]:
+def study_figures(found: list[sensitivity.Study], runs: pd.DataFrame) -> dict[str, bytes]:
     """Each LR study's figure (reports/sensitivity_plot.py) as PNG bytes, by its file name: the
     studies are RESULTS.md's one picture worth its bytes in the repository."""
-    found = sensitivity.studies(runs, long)
     if not found:
         return {}
     from spam_bench.reports import plots, sensitivity_plot  # matplotlib only when drawing
