@@ -12,7 +12,7 @@ across tasks), each answered from those same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -33,16 +33,27 @@ def _entry_text(e: pd.Series) -> str:
     return f"{_fmt(e['mean'])} [{_fmt(e['ci_lo'])}, {_fmt(e['ci_hi'])}] (n={int(e['n'])})"
 
 
+def _verdict(p: float, diff: float, subject: str) -> str | None:
+    """The paired test's verdict in one word for every finding: None when it could not run (too few
+    shared seeds), "cannot separate" when p >= ALPHA, else the optimizer the sign of the difference
+    favours (`diff` is signed so that negative favours `subject`, as stats.paired_test returns it)."""
+    if not math.isfinite(p):
+        return None
+    if p >= stats.ALPHA:
+        return "cannot separate"
+    return subject if diff < 0 else BASELINE
+
+
 def compare(e: pd.Series, base: pd.Series) -> str:
     """One optimizer's defaults entry against AdamW's on the same problem, in words the test supports."""
     direction = str(e["direction"])
     p, shared, diff = stats.paired_test(e["seeds"], base["seeds"], direction)
     head = f"{e['optimizer']} {_entry_text(e)} vs {BASELINE} {_entry_text(base)}"
-    if not math.isfinite(p):
+    verdict = _verdict(p, diff, str(e["optimizer"]))
+    if verdict is None:
         return f"{head}: not tested ({shared} shared complete seeds; the paired test needs {stats.MIN_SEEDS})"
-    if p < stats.ALPHA:
-        better = e["optimizer"] if diff < 0 else BASELINE
-        return f"{head}: **{better} better** (paired t-test on {shared} seeds, p = {p:.3g})"
+    if verdict != "cannot separate":
+        return f"{head}: **{verdict} better** (paired t-test on {shared} seeds, p = {p:.3g})"
     need = _seeds_to_resolve(e["seeds"], base["seeds"], direction)
     return f"{head}: **cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {need})"
 
@@ -91,27 +102,17 @@ def natural_spike_lines(runs: pd.DataFrame) -> list[str]:
     AdamW by the paired test on shared seeds. Then the conclusion they support about a spiky regime."""
     lines: list[str] = []
     calm: list[str] = []  # problems where AdamW met no loss spike: not a spiky regime
-    natural = runs[(runs["recipe"] == "defaults") & (runs["status"] == "complete")] if len(runs) else runs
-    for (task, scale, problem), g in natural.groupby(["task", "scale", "problem"], sort=True):
-        if _injected(g):
-            continue  # injected spikes are the spikes task's own finding, above
-        events = [_json(v) for v in g["spike_events"]]
-        counts = g.assign(loss_spikes=[_loss_spikes(e) for e in events]).dropna(subset=["loss_spikes"])
-        if counts.empty:
-            continue
-        label = _label(task, scale, problem)
-        per_opt = {str(o): dict(zip(c["seed"], c["loss_spikes"], strict=True)) for o, c in counts.groupby("optimizer")}
+    for (task, scale, problem), per_opt in _natural_spikes(runs):
         parts = []
         for optimizer, seeds in sorted(per_opt.items()):
             lo, hi = stats.bootstrap_ci(list(seeds.values()))
             mean = sum(seeds.values()) / len(seeds)
             parts.append(f"{optimizer} {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] (n={len(seeds)})")
-        lines.append(f"- {label}, loss spikes per run: " + "; ".join(parts))
-        base = per_opt.get(BASELINE, {})
-        if base and not any(base.values()):
+        lines.append(f"- {_label(task, scale, problem)}, loss spikes per run: " + "; ".join(parts))
+        if _calm(per_opt):
             calm.append(f"`{task}`")
-        if base and "spam" in per_opt:
-            lines.append(f"  - spam vs {BASELINE}: {_count_test(per_opt['spam'], base)}")
+        if per_opt.get(BASELINE) and SUBJECT in per_opt:
+            lines.append(f"  - {SUBJECT} vs {BASELINE}: {_count_test(per_opt[SUBJECT], per_opt[BASELINE])}")
     if not lines:
         return ["No complete run without injected spikes in this snapshot."]
     if calm:
@@ -122,12 +123,37 @@ def natural_spike_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _natural_spikes(runs: pd.DataFrame) -> Iterator[tuple[tuple[Any, Any, Any], dict[str, dict[Any, int]]]]:
+    """Each problem's loss spikes met without injection: complete runs at declared defaults, each
+    optimizer's count per seed from the suite's telemetry (runs whose summary lacks the count left out).
+    Problems with injected spikes, or with no count at all, are skipped."""
+    natural = runs[(runs["recipe"] == "defaults") & (runs["status"] == "complete")] if len(runs) else runs
+    for key, g in natural.groupby(["task", "scale", "problem"], sort=True):
+        if _injected(g):
+            continue  # injected spikes are the spikes task's own finding
+        counts = g.assign(loss_spikes=[_loss_spikes(_json(v)) for v in g["spike_events"]]).dropna(
+            subset=["loss_spikes"]
+        )
+        if not counts.empty:
+            per_opt = {
+                str(o): dict(zip(c["seed"], c["loss_spikes"], strict=True)) for o, c in counts.groupby("optimizer")
+            }
+            yield key, per_opt
+
+
+def _calm(per_opt: Mapping[str, Mapping[Any, int]]) -> bool:
+    """AdamW met no loss spike on any seed: not a spiky regime, so SPAM's effect cannot be measured."""
+    base = per_opt.get(BASELINE, {})
+    return bool(base) and not any(base.values())
+
+
 def _count_test(a: Mapping[Any, float], b: Mapping[Any, float]) -> str:
     p, shared, diff = stats.paired_test(a, b, "min")
-    if not math.isfinite(p):
+    verdict = _verdict(p, diff, SUBJECT)
+    if verdict is None:
         return f"not tested ({shared} shared seeds; the paired test needs {stats.MIN_SEEDS})"
-    if p < stats.ALPHA:
-        return f"**{'spam' if diff < 0 else BASELINE} has fewer** (paired t-test on {shared} seeds, p = {p:.3g})"
+    if verdict != "cannot separate":
+        return f"**{verdict} has fewer** (paired t-test on {shared} seeds, p = {p:.3g})"
     return f"**cannot separate** (paired t-test on {shared} seeds, p = {p:.3g}; {_seeds_to_resolve(a, b, 'min')})"
 
 
@@ -209,17 +235,15 @@ def headline(table: pd.DataFrame, runs: pd.DataFrame, studies: list[sensitivity.
     asked = len(lines)
     defaults = table[table["protocol"] == "defaults"] if len(table) else table
     natural = runs[(runs["recipe"] == "defaults") & (runs["status"] == "complete")] if len(runs) else runs
-    calm = []
     for (task, scale, problem), g in natural.groupby(["task", "scale", "problem"], sort=True):
-        entries = defaults[(defaults["task"] == task) & (defaults["scale"] == scale) & (defaults["problem"] == problem)]
         if _injected(g):
+            entries = defaults[
+                (defaults["task"] == task) & (defaults["scale"] == scale) & (defaults["problem"] == problem)
+            ]
             e, b = (entries[entries["optimizer"] == o] for o in (SUBJECT, BASELINE))
             if len(e) and len(b):
                 lines.append(f"  - injected spikes, {_label(task, scale, problem)}: {compare(e.iloc[0], b.iloc[0])}")
-            continue
-        base = [_loss_spikes(_json(v)) for v in g.loc[g["optimizer"] == BASELINE, "spike_events"]]
-        if base and not any(base):
-            calm.append(_label(task, scale, problem))
+    calm = [_label(*key) for key, per_opt in _natural_spikes(runs) if _calm(per_opt)]
     if calm:
         lines.append(
             f"  - without injection, {BASELINE} met no loss spike on {', '.join(calm)}: no naturally spiky "
@@ -227,7 +251,7 @@ def headline(table: pd.DataFrame, runs: pd.DataFrame, studies: list[sensitivity.
             "per-task counts under *Natural loss spikes*"
         )
     if len(lines) == asked:
-        lines.append("  - no problem with spikes, injected or natural, in this snapshot yet")
+        lines.append("  - no problem with spike counts, injected or natural, in this snapshot yet")
 
     lines.append(
         f"- **Where does SPAM stand across tasks?** IQM of the score against {BASELINE} (defaults; +0.05 = 5% "
@@ -254,6 +278,7 @@ def _paired_tally(defaults: pd.DataFrame, optimizer: str) -> str:
             continue
         e = mine.iloc[0]
         p, _, diff = stats.paired_test(e["seeds"], base.iloc[0]["seeds"], str(e["direction"]))
-        key = "not tested" if not math.isfinite(p) else ("cannot separate" if p >= stats.ALPHA else None)
-        tally[key or ("better" if diff < 0 else "worse")] += 1
+        verdict = _verdict(p, diff, optimizer)
+        words = {None: "not tested", "cannot separate": "cannot separate", optimizer: "better", BASELINE: "worse"}
+        tally[words[verdict]] += 1
     return "paired tests: " + ", ".join(f"{k} on {v}" for k, v in tally.items() if v)
