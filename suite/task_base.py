@@ -28,6 +28,9 @@ class TaskBase:
     libraries: tuple[str, ...] = field(default=())
     # Whether a run may train data-parallel (`spambench run --nproc N`, suite/distributed.py).
     distributed: ClassVar[bool] = False
+    # Whether an interrupted run resumes from a checkpoint. A task whose runs take seconds may restart
+    # from scratch instead; either way the resumed run must give the uninterrupted numbers.
+    checkpoints: ClassVar[bool] = True
 
     def scales(self) -> list[str]:
         return sorted(p.stem for p in self.config_dir.glob("*.yaml"))

@@ -1,9 +1,7 @@
 """The llm4bit task end to end on the real tiny corpus: llm's scales, adamw and spam runs, resume."""
 
-import sys
-
 import pytest
-from conftest import sigkill_when, small_llm_sets
+from conftest import small_llm_sets
 
 from spam_bench.runners.cli import main
 from spam_bench.suite.resolve import resolve
@@ -63,33 +61,3 @@ def test_other_formats_run_and_are_told_apart(out_dir):
         ("fp4", 256, 2),
     }
     assert len({s["run_id"] for s in summaries}) == 2
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    # Stochastic rounding is on: its call counters must come back with the checkpoint.
-    sets = small_llm_sets(steps=80, eval_every=20)
-    straight = tmp_path / "straight"
-    assert _run(straight, *sets) == 0
-
-    killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "spam_bench.runners.cli",
-        "run",
-        "--task",
-        "llm4bit",
-        "--opt",
-        "adamw",
-        "--out",
-        str(killed),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    run_dir = sigkill_when(cmd, killed, "llm4bit", lambda lines: lines[-1]["step"] >= 23)
-
-    assert _run(killed, *sets) == 0
-    (straight_dir,) = _run_dirs(straight)
-    a, b = read_json(straight_dir / "summary.json"), read_json(run_dir / "summary.json")
-    assert a["value"] == b["value"] and a["val_loss"] == b["val_loss"] and b["steps"] == 80
-    assert _curve(straight_dir) == _curve(run_dir)

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import sigkill_when, small_llm_sets
+from conftest import small_llm_sets
 
 from spam_bench.reports.build import write_leaderboard
 from spam_bench.runners.cli import main
@@ -69,34 +69,6 @@ def test_an_absurd_learning_rate_is_recorded_as_diverged_not_a_crash(out_dir):
     assert 1 <= summary["diverged_step"] < 30
     _, report_dir = write_leaderboard(out_dir, plots=False)
     assert "| adamw | – | – | 1 | 1 |" in (report_dir / "summary.md").read_text()
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    sets = small_llm_sets(steps=80, eval_every=20)
-    straight = tmp_path / "straight"
-    assert _run(straight, *sets) == 0
-
-    killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "spam_bench.runners.cli",
-        "run",
-        "--task",
-        "llm",
-        "--opt",
-        "adamw",
-        "--out",
-        str(killed),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    run_dir = sigkill_when(cmd, killed, "llm", lambda lines: lines[-1]["step"] >= 23)
-
-    assert _run(killed, *sets) == 0
-    a, b = read_json(_only_run_dir(straight) / "summary.json"), read_json(run_dir / "summary.json")
-    assert a["value"] == b["value"] and a["val_loss"] == b["val_loss"] and b["steps"] == 80
-    assert _curve(_only_run_dir(straight)) == _curve(run_dir)
 
 
 def test_report_summarises_seeds_per_optimizer(out_dir):

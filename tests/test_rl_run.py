@@ -2,11 +2,9 @@
 
 import dataclasses
 import json
-import sys
 
 import pytest
 import torch
-from conftest import sigkill_when
 from stable_baselines3 import PPO
 
 from spam_bench.optimizers.adamw import SPEC as ADAMW
@@ -176,7 +174,7 @@ def test_two_runs_with_the_same_seed_are_identical(short_run, tmp_path):
 SPAM_SMALL = {"opt.density": 0.5, "opt.reset_interval": 10, "opt.warmup_steps": 4, "opt.clip_delay": 2}
 
 
-@pytest.mark.parametrize("opt,hparams", [("adamw", {}), ("spam", SPAM_SMALL)], ids=["adamw", "spam"])
+@pytest.mark.parametrize("opt,hparams", [("spam", SPAM_SMALL)], ids=["spam"])  # adamw: the contract's kill test
 def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, opt, hparams):
     if opt == "spam":
         pytest.importorskip("spam_bench.optimizers.spam")
@@ -203,36 +201,6 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tmp_path, opt, hparam
     assert curve(tmp_path / "straight") == curve(tmp_path / "stopped")
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    changes = {"total_timesteps": 2048, "eval_every": 1024}
-    assert cli(tmp_path / "straight", **changes) == 0
-
-    killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "spam_bench.runners.cli",
-        "run",
-        "--task",
-        "rl",
-        "--opt",
-        "adamw",
-        "--out",
-        str(killed),
-    ]
-    for k, v in sets(**changes).items():
-        cmd += ["--set", f"{k}={v}"]
-    # an update after step 1024 was logged: the checkpoint at 1024 exists
-    run_dir = sigkill_when(
-        cmd, killed, "rl", lambda lines: any(m["name"] == "loss" and m["step"] > 1024 for m in lines)
-    )
-
-    assert cli(killed, **changes) == 0
-    a, b = read_json(only_run_dir(tmp_path / "straight") / "summary.json"), read_json(run_dir / "summary.json")
-    assert all(a[k] == b[k] for k in SAME)
-    assert curve(only_run_dir(tmp_path / "straight")) == curve(run_dir)
-
-
 def test_hopper_runs_with_its_own_zoo_recipe(tmp_path):
     assert cli(tmp_path, env="Hopper-v5", total_timesteps=512, batch_size=32) == 0
     run_dir = only_run_dir(tmp_path)
@@ -253,17 +221,3 @@ def test_spike_telemetry_and_injection_reach_the_ppo_optimizer(tmp_path):
     summary = json.loads(summary_path.read_text())
     assert summary["spikes_injected"] > 0 and set(summary["gss_spikes"]) >= {"mlp", "output"}
     assert (summary_path.parent / "grad_samples.npz").exists()
-
-
-def test_a_ray_trial_reports_evaluations_to_tune_but_not_per_step_telemetry(tmp_path):
-    # SB3's optimizer hook logs spike telemetry ("optim") every optimizer step; forwarding it to Tune
-    # made a tiny rl trial take about twice as long. It must stay in the store only.
-    out = tmp_path / "out"
-    argv = ["sweep", "--task", "rl", "--opt", "adamw", "--seeds", "0", "--out", str(out)]
-    for k, v in sets().items():
-        argv += ["--set", f"{k}={v}"]
-    assert main(argv) == 0
-    assert len(metric(only_run_dir(out), "optim", "grad_norm/mlp")) == 32  # 4 rollouts x 2 epochs x 4 batches
-    reports = [json.loads(line) for path in out.glob("ray/*/*/result.json") for line in path.read_text().splitlines()]
-    assert any("eval_return" in r for r in reports) and reports[-1]["done"] is True
-    assert not [k for r in reports for k in r if k.startswith(("train_", "optim_"))]

@@ -122,13 +122,13 @@ def test_the_suite_optimizer_is_the_one_stepping(out_dir):
     assert len(steps) == summary["steps"] == 20 and all(o is opt for o in steps)
 
 
-def test_seeded_runs_repeat_exactly_and_seeds_differ(tmp_path):
+def test_seeds_differ(tmp_path):
+    """That one seed repeats exactly is the contract's kill-and-resume test (tests/test_contract.py)."""
     values = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+    for name, seed in (("a", 0), ("c", 1)):
         assert main(_argv(tmp_path / name, *_sets(), seed=seed)) == 0
         values.append(read_json(_only_run_dir(tmp_path / name) / "summary.json")["test_mse"])
-    assert values[0] == values[1] != values[2]
-    assert _curve(_only_run_dir(tmp_path / "a")) == _curve(_only_run_dir(tmp_path / "b"))
+    assert values[0] != values[1]
 
 
 def test_anomalies_change_training_but_not_the_evaluation_windows(tmp_path):
@@ -159,25 +159,6 @@ def _wait_for_step(out_dir, proc, step, timeout=120):
                 return metrics.parent
         time.sleep(0.01)
     return None
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    sets = _sets(epochs=6, num_batches_per_epoch=25)
-    straight = tmp_path / "straight"
-    assert main(_argv(straight, *sets)) == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli_command(killed, sets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = _wait_for_step(killed, proc, 60)  # inside epoch 3, after two epoch-end checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert run_dir is not None, "the run finished before it could be killed; make it longer"
-    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
-
-    assert main(_argv(killed, *sets)) == 0
-    a, b = read_json(_only_run_dir(straight) / "summary.json"), read_json(run_dir / "summary.json")
-    assert b["steps"] == 150 and a["test_mse"] == b["test_mse"] and a["test_wql"] == b["test_wql"]
-    assert _curve(_only_run_dir(straight)) == _curve(run_dir)
 
 
 def test_ctrl_c_finishes_the_epoch_saves_and_exits_130(tmp_path):

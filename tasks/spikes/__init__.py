@@ -15,6 +15,8 @@ from spam_bench.tasks.spikes.config import SpikesConfig
 
 
 class SpikesTask(TaskBase):
+    checkpoints = False  # runs take seconds: an interrupted one restarts from scratch (train.py)
+
     def run(self, ctx: RunContext) -> TaskResult:
         from spam_bench.tasks.spikes.train import fit
 
