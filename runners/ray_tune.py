@@ -294,6 +294,11 @@ def _init_ray(options: SweepOptions) -> None:
         if options.url is None:  # object storage is shared by every node by nature
             _require_shared_store(options.out)
     else:
+        cpus = os.cpu_count() or 1
+        if options.cpus_per_trial > cpus:  # known before Ray starts: refuse without its seconds of start-up
+            raise ConfigError(
+                "cpus-per-trial", options.cpus_per_trial, f"at most {cpus}, the CPUs of this machine (an embedded Ray)"
+            )
         # Token auth protects clusters; an embedded single-machine Ray has nothing to protect it from.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local" always starts a private instance: without it, ray.init joins any cluster

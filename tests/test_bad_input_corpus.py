@@ -358,12 +358,12 @@ def test_a_trial_the_cluster_can_never_schedule_is_refused_after_connecting(one_
     assert not out.exists()
 
 
-@pytest.mark.slow
-def test_an_embedded_ray_too_small_for_one_trial_is_refused(tmp_path):
+def test_an_embedded_ray_too_small_for_one_trial_is_refused_before_it_starts(tmp_path):
     out = tmp_path / "out"
     argv = ["sweep", "--task", "spikes", "--opt", "adamw", "--cpus-per-trial", "4096", "--out", str(out)]
     proc = subprocess.run([*SPAMBENCH, *argv], capture_output=True, text=True, timeout=180)
     _refused(proc.returncode, proc.stderr, "cpus-per-trial: invalid value 4096.0 (allowed: at most", out)
+    assert "the CPUs of this machine (an embedded Ray)" in proc.stderr
     assert not out.exists()
 
 

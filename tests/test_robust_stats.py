@@ -59,6 +59,16 @@ def test_power_matches_the_noncentral_t_and_seeds_needed_is_the_first_to_reach_i
     assert seeds_needed([0.0, 0.0, 0.0]) is None and seeds_needed([1.0, 1.0]) == 2
 
 
+@pytest.mark.parametrize("effect", [0.05, 0.2, 0.5, 1.26, 3.0, 4.84, 8.82])
+def test_seeds_needed_is_the_first_n_a_linear_scan_finds(effect):
+    """The search bisects; a scan from n = 2 is the definition. At d = 4.84 scipy's noncentral t is
+    nan in its far tail for n = 3..16, which once made the search stop early or report None."""
+    diffs = effect + np.array([1.0, -1.0]) / np.sqrt(2)  # mean d, sd 1: effect size d
+    scan = next((n for n in range(2, 10_001) if paired_t_power(n, effect) >= 0.8), None)
+    assert scan is not None and seeds_needed(diffs) == scan
+    assert not np.isnan(paired_t_power(3, 4.84))
+
+
 def test_the_report_section_says_when_the_data_cannot_separate_an_optimizer_from_adamw():
     import pandas as pd
 
