@@ -130,6 +130,7 @@ def seeds_needed(
     if sd == 0.0:
         return 2
     effect = abs(mean) / sd
+
     # Power grows with n: double until it suffices, then bisect (a handful of noncentral-t calls, not
     # one per candidate n). A nan power (scipy, at df = 1) counts as not enough.
     def enough(n: int) -> bool:
