@@ -170,7 +170,8 @@ def test_check_placement_gives_every_cuda_trial_its_own_gpu_without_touching_cud
     try:
         out = tmp_path / "out"
         argv = _argv(out, cluster.address, "--device", "cuda", "--seeds", "0-2", "--gpus-per-trial", "1", sets=[])
-        assert main([*argv, "--check-placement", "3"]) == 0
+        # a 6 s hold: under load a trial's worker can take over 3 s to start, and then no two overlapped
+        assert main([*argv, "--check-placement", "6"]) == 0
     finally:
         cluster.remove_node(gpu_node)
     printed = capsys.readouterr().out
