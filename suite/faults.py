@@ -27,7 +27,7 @@ def maybe_crash(step: int, run_dir: Path) -> None:
     if not setting:
         return
     at, _, rest = setting.partition(":")
-    marker_dir, _, mode = rest.rpartition(":") if rest.endswith(":kill") else (rest, "", "")
+    kill, marker_dir = rest.endswith(":kill"), rest.removesuffix(":kill")
     if step < int(at):
         return
     marker = Path(marker_dir) / f"{run_dir.name}.crashed"
@@ -35,6 +35,6 @@ def maybe_crash(step: int, run_dir: Path) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{step}\n")
-    if mode == "kill":
+    if kill:
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"injected fault at step {step} in {run_dir.name} ({ENV})")
