@@ -102,3 +102,13 @@ def test_the_report_section_says_when_the_data_cannot_separate_an_optimizer_from
     assert [a.optimizer for a in robust_section.aggregates(thin)] == ["fast", "slow"]
     assert robust_section.aggregates(thin)[1].verdict == "worse"
     assert robust_section.aggregates(runs({"adamw": [1.0, 1.01], "fast": [0.5, 0.51, 0.49]})) == []
+
+
+@pytest.mark.parametrize("statistic", [iqm, np.mean, np.median])
+def test_a_statistic_with_an_axis_gives_the_same_ci_as_one_resample_at_a_time(statistic):
+    # Reductions that take `axis` run on all resamples at once; the loop over resamples is the
+    # reference, and the same seed draws the same resamples either way.
+    scores = {t: np.random.default_rng(i).normal(i, 1, 5) for i, t in enumerate("abc")}
+    vectorised = stratified_bootstrap_ci(scores, statistic, resamples=300)
+    looped = stratified_bootstrap_ci(scores, lambda row: float(statistic(row)), resamples=300)
+    assert vectorised == pytest.approx(looped, rel=1e-12)
