@@ -76,7 +76,7 @@ def _write_entries(table: pd.DataFrame, report_dir: Path) -> None:
     rows.to_parquet(report_dir / "leaderboard.parquet", index=False)
 
 
-def tuning_records(out_root: Path, runs: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, Any]]:
+def tuning_records(out_root: Path, runs: pd.DataFrame) -> leaderboard.TuningRecords:
     """What `spambench tune` saved for each (task, scale, optimizer) of `runs` that has a record:
     {"sets": the tuned `--set` values, "trials": how many were tried, ...}. A record that is not
     readable as one is left out (those runs then count as hand-set, never as tuned)."""
@@ -146,7 +146,7 @@ def write_leaderboard(
     plots: bool = True,
     all_code: bool = False,
     frames: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-    tuned: dict[tuple[str, str, str], dict[str, Any]] | None = None,
+    tuned: leaderboard.TuningRecords | None = None,
     report_dir: Path | None = None,
 ) -> tuple[str, Path]:
     """Write the report folder; returns (leaderboard Markdown, report folder): `<out>/report`, or with

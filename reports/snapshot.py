@@ -37,12 +37,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spam_bench.reports.leaderboard import TuningRecords
 from spam_bench.reports.snapshot_check import check_long, check_runs
 from spam_bench.reports.summary import LONG_COLUMNS, MALFORMED_ATTR, label_problems, with_run_columns
 from spam_bench.suite.errors import ConfigError
 
 RUNS_FILE, LONG_FILE, TUNED_FILE = "runs.parquet", "results.parquet", "tuned.json"
-TuningRecords = dict[tuple[str, str, str], dict[str, Any]]
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _read_tuned(path: Path) -> TuningRecords:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:
         raise _unreadable(path, f"not readable as JSON: {' '.join(str(err).split())[:120]}") from None
-    records: TuningRecords = {}
+    records: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in entries if isinstance(entries, list) else [entries]:
         ok = isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("task", "scale", "optimizer"))
         record = entry.get("record") if ok else None
