@@ -514,7 +514,7 @@ def build(
     for task, refused in inapplicable[~inapplicable.task.isin(table.task)].groupby("task", sort=True):
         blocks += [Block("h2", task), Block("p", _inapplicable_text(refused))]
 
-    blocks += robust_section.blocks(runs)
+    blocks += robust_section.blocks(runs, images)
     blocks += spikes.blocks(runs, images)
     blocks += [Block("h2", "Method"), Block("p", method_note())]
     return blocks

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from spam_bench.reports import stats
+from spam_bench.reports import robust_section, stats
 from spam_bench.reports.leaderboard import Across, problem_label, problem_slug, profile_image
 from spam_bench.reports.summary import with_run_columns
 
@@ -175,6 +175,29 @@ def profile(a: Across, colors: dict[str, str], out: Path) -> str:
     return save(fig, out, profile_image(a.protocol))
 
 
+def score_distribution(runs: pd.DataFrame, colors: dict[str, str], out: Path) -> str | None:
+    """The robust section's performance profile: per optimizer, the fraction of runs scoring above τ
+    against AdamW, with its stratified bootstrap band (reports/robust_section.py); None without one."""
+    curves = robust_section.profiles(runs)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7.6, 3.8))
+    taus = robust_section.PROFILE_TAUS
+    for o, (point, low, high) in curves.items():
+        ax.plot(taus, point, color=colors[o], lw=1.6, label=mathtext_safe(o))
+        ax.fill_between(taus, low, high, color=colors[o], alpha=0.15, lw=0)
+    ax.set(
+        xlabel="τ (score: improvement over AdamW's mean on the problem)",
+        ylabel="fraction of runs with score > τ",
+        ylim=(-0.03, 1.03),
+        title="Score distribution, defaults (95% stratified bootstrap bands)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves fill the axes
+    fig.tight_layout()
+    return save(fig, out, robust_section.SCORE_PROFILE_IMAGE)
+
+
 def write_all(
     long: pd.DataFrame, runs: pd.DataFrame, table: pd.DataFrame, views: dict[str, Across], out: Path
 ) -> set[str]:
@@ -186,6 +209,7 @@ def write_all(
     long = long.assign(value=pd.to_numeric(long["value"], errors="coerce"))  # null (non-finite) -> NaN
     colors = palette(list(runs["optimizer"].unique()))
     written = {profile(a, colors, out) for a in views.values()}
+    written |= {name for name in [score_distribution(runs, colors, out)] if name}
     for (task, scale, problem), g in table.groupby(["task", "scale", "problem"], sort=True):
         sel = long[(long.task == task) & (long.scale == scale) & (long.problem == problem)]
         # plain text columns: grouping by a categorical would add every unobserved combination

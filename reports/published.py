@@ -107,7 +107,9 @@ def commands_for(runs: pd.DataFrame, store: Path) -> list[str]:
     """`spambench sweep` commands that make every run of `runs` again (and reuse the complete ones).
 
     Runs are grouped by task, scale, task settings other than the lr, and opt.* values; within a group,
-    optimizers that ran the same seeds at the same learning rates share one command."""
+    the learning rates an optimizer ran on the same seeds share one command (a grid still under way has
+    lrs with fewer seeds: a command per seed set, so that no command claims a run that was not made),
+    and optimizers with the same seeds and learning rates share it too."""
     if runs.empty:
         return []
     plans: dict[tuple[str, ...], list[str]] = {}
@@ -119,9 +121,16 @@ def commands_for(runs: pd.DataFrame, store: Path) -> list[str]:
         settings = json.loads(settings_json)
         sets = [f"{k}={v}" for k, v in sorted(settings.items())]
         sets += [f"opt.{k}={v}" for k, v in sorted(_json(opt_hparams).items())]
-        lrs = sorted({float(lr) for lr in (_json(o).get("lr") for o in g["overrides"]) if lr is not None})
-        key = (task, scale, " ".join(sets), ",".join(map(repr, lrs)), _seed_ranges(sorted({int(x) for x in g["seed"]})))
-        plans.setdefault(key, []).append(optimizer)
+        seeds_at: dict[float | None, set[int]] = {}
+        for overrides, seed in zip(g["overrides"], g["seed"]):
+            lr = _json(overrides).get("lr")
+            seeds_at.setdefault(None if lr is None else float(lr), set()).add(int(seed))
+        lrs_with: dict[str, list[float]] = {}
+        for lr, seeds in seeds_at.items():
+            lrs_with.setdefault(_seed_ranges(sorted(seeds)), []).extend([] if lr is None else [lr])
+        for seed_text, lrs in lrs_with.items():
+            key = (task, scale, " ".join(sets), ",".join(map(repr, sorted(lrs))), seed_text)
+            plans.setdefault(key, []).append(optimizer)
     out = []
     for (task, scale, sets, lrs, seeds), optimizers in sorted(plans.items()):
         line = f"spambench sweep --task {task} --scale {scale} --opt {','.join(sorted(optimizers))} --seeds {seeds}"

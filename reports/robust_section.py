@@ -10,7 +10,10 @@ runs there (complete or diverged), the rule the leaderboard ranks by, so two luc
 an aggregate.
 
 For each optimizer: the IQM of its scores with a stratified bootstrap CI (strata: problems), and the
-probability that one of its runs beats one of AdamW's, with its CI. Per problem and optimizer: the
+probability that one of its runs beats one of AdamW's, with its CI. The performance profile: for
+each optimizer (AdamW included), the fraction of its runs whose score exceeds tau, per problem and
+averaged over the problems it ran, with a stratified bootstrap CI band (a table at a few taus, and a
+figure, SCORE_PROFILE_IMAGE, drawn by reports/plots.py). Per problem and optimizer: the
 number of shared seeds a paired t-test would need to resolve the observed difference from AdamW at
 80% power; a CI that contains 0 (or a P(improvement) CI that contains 0.5) means the data cannot
 tell the two apart, and the table says so.
@@ -30,6 +33,9 @@ from spam_bench.reports.blocks import Block, Table, fmt
 BASELINE = "adamw"
 PROBLEM = ["task", "scale", "problem"]
 DIVERGED_SCORE = -1.0
+PROFILE_TAUS = np.linspace(-0.5, 0.5, 101)  # the figure's thresholds: scores from 50% worse to 50% better
+TABLE_TAUS = (-0.25, -0.1, -0.05, 0.0, 0.05, 0.1)  # the table's
+SCORE_PROFILE_IMAGE = "score-distribution.png"
 
 
 def _scores(runs: pd.DataFrame) -> pd.DataFrame:
@@ -124,8 +130,33 @@ def aggregates(runs: pd.DataFrame) -> list[Aggregate]:
     return sorted(out, key=lambda a: (-a.iqm, a.optimizer))
 
 
-def blocks(runs: pd.DataFrame) -> list[Block]:
-    """The section, or nothing when no problem has an AdamW baseline at defaults."""
+def _profiles(scores: pd.DataFrame, taus: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    if scores.empty or BASELINE not in set(scores.optimizer):
+        return {}
+    return {o: robust_stats.score_distribution(_by_problem(scores, o), taus) for o in sorted(set(scores.optimizer))}
+
+
+def profiles(
+    runs: pd.DataFrame, taus: np.ndarray = PROFILE_TAUS
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per optimizer (AdamW included): (fraction of runs scoring above each tau, CI low, CI high) over
+    the problems it ran; empty when no problem has an AdamW baseline."""
+    return _profiles(_scores(runs), taus)
+
+
+def _profile_rows(scores: pd.DataFrame, order: list[str]) -> list[list[str]]:
+    table = _profiles(scores, np.asarray(TABLE_TAUS))
+    problems = scores.groupby("optimizer").problem.nunique()
+    return [
+        [o, str(problems[o])] + [f"{point:.2f} [{low:.2f}, {high:.2f}]" for point, low, high in zip(*table[o])]
+        for o in order
+        if o in table
+    ]
+
+
+def blocks(runs: pd.DataFrame, images: set[str] | None = None) -> list[Block]:
+    """The section, or nothing when no problem has an AdamW baseline at defaults; `images` names the
+    figures that exist (the score distribution is linked only if drawn)."""
     aggs = aggregates(runs)
     scores = _scores(runs)
     rows = [
@@ -160,6 +191,23 @@ def blocks(runs: pd.DataFrame) -> list[Block]:
                 ["optimizer", "problems", "runs", "IQM score", "95% CI", "P(better)", "95% CI", "verdict"], rows
             ),
         ),
+    ]
+    out += [
+        Block(
+            "p",
+            "Performance profile (rliable's score distribution): the fraction of an optimizer's runs whose "
+            "score exceeds τ, taken per problem and averaged over the problems it ran, with its 95% "
+            "stratified bootstrap CI. A curve above another over a range of τ is better there; where the "
+            "bands overlap the data cannot order them. AdamW's own runs score around 0.",
+        ),
+        Block(
+            "table",
+            table=Table(
+                ["optimizer", "problems", *[f"τ={fmt(t, 3)}" for t in TABLE_TAUS]],
+                _profile_rows(scores, [BASELINE] + [a.optimizer for a in aggs]),
+            ),
+        ),
+        *([Block("img", SCORE_PROFILE_IMAGE)] if SCORE_PROFILE_IMAGE in (images or set()) else []),
     ]
     if seed_rows:
         out += [

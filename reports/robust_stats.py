@@ -7,6 +7,10 @@ scipy (the `rliable` package pins `arch<8`, so it is not a dependency).
 - Stratified bootstrap CI: resample runs with replacement *within each task* (the strata), recompute
   the statistic on the pooled resample, and take the percentile interval; this keeps every task in
   every resample, as rliable does.
+- Performance profile (rliable's score distribution): for each threshold tau, the fraction of runs
+  whose score exceeds tau, taken per task and averaged over tasks (so every task weighs the same;
+  with equal runs per task it is rliable's pooled `mean(scores > tau)`), with a stratified bootstrap
+  CI band: the same within-task resamples give every tau its percentile interval.
 - Probability of improvement P(X > Y): per task, the Mann-Whitney U statistic over n x m pairs
   (ties count 1/2), averaged over tasks; its CI is a stratified bootstrap over both optimizers' runs.
 - Seeds needed: for a paired comparison on shared seeds, the smallest n whose two-sided paired t-test
@@ -84,6 +88,32 @@ def stratified_bootstrap_ci(
     else:
         draws = np.array([statistic(row) for row in pooled], dtype=float)
     return (point, *_interval(draws, confidence))
+
+
+def score_distribution(
+    scores_by_task: Mapping[str, Sequence[float]],
+    taus: Sequence[float],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fraction of runs above each tau, its CI low, its CI high), one value per tau.
+
+    The fraction is taken within each task and averaged over tasks; the band is a stratified bootstrap
+    (runs resampled within each task), all resamples at once."""
+    grid = np.asarray(taus, dtype=float)
+    groups = [np.asarray(v, dtype=float) for v in scores_by_task.values() if len(v)]
+    if not groups:
+        empty = np.full(grid.shape, math.nan)
+        return empty, empty.copy(), empty.copy()
+    point = np.mean([(g[:, None] > grid).mean(axis=0) for g in groups], axis=0)
+    draws = np.mean(
+        [(r[:, :, None] > grid).mean(axis=1) for r in _resampled(groups, np.random.default_rng(seed), resamples)],
+        axis=0,
+    )  # resamples x taus
+    alpha = (1 - confidence) / 2
+    return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
 
 
 def _poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 
 from spam_bench.reports.build import write_leaderboard
 from spam_bench.reports.findings import natural_spike_lines
-from spam_bench.reports.published import _seed_ranges, coverage
+from spam_bench.reports.published import _seed_ranges, commands_for, coverage
 from spam_bench.runners.cli import main
 from spam_bench.suite.sweep import parse_seeds
 
@@ -391,3 +391,28 @@ def test_the_committed_results_md_is_what_publish_makes_from_the_committed_snaps
     assert sorted(p.name for p in (into / "figures").iterdir()) == sorted(
         p.name for p in (committed / "figures").iterdir()
     )
+
+
+def test_a_grid_still_under_way_gets_a_command_per_seed_set_and_none_claims_a_missing_run():
+    # adamw has seeds 0-2 at lr 0.01 but only 0-1 at lr 0.1 (its seed 2 there not run yet): the product
+    # of all its seeds and lrs would claim a run nobody made.
+    made = [("adamw", 0.01, s) for s in (0, 1, 2)] + [("adamw", 0.1, s) for s in (0, 1)]
+    made += [("spam", lr, s) for lr in (0.01, 0.1) for s in (0, 1)] + [("spam", None, s) for s in (0, 1, 2)]
+    runs = pd.DataFrame(
+        [
+            {
+                "task": "spikes",
+                "scale": "tiny",
+                "optimizer": opt,
+                "seed": seed,
+                "overrides": json.dumps({} if lr is None else {"lr": lr}),
+                "opt_hparams": "{}",
+            }
+            for opt, lr, seed in made
+        ]
+    )
+    commands = commands_for(runs, Path("STORE"))
+    expanded = set().union(*(_expand(c.split()[2:], Path("STORE")) for c in commands))
+    assert expanded == {("spikes", opt, seed, lr, "{}") for opt, lr, seed in made}
+    adamw = [c.split(" --opt adamw ")[1] for c in commands if " --opt adamw " in c]
+    assert sorted(adamw) == ["--seeds 0-1 --grid lr=0.1 --out STORE", "--seeds 0-2 --grid lr=0.01 --out STORE"]

@@ -31,7 +31,8 @@ def test_html_page_renders_tables_and_plots_in_headless_chromium(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "runs")
     _, report_dir = write_leaderboard(tmp_path, all_code=True)
     page = (report_dir / "leaderboard.html").read_text()
-    assert page.count("<table>") >= 5 and page.count('src="data:image/png;base64,') == 7
+    # 7 figures of the fixture's problems and profiles, and the robust section's score distribution
+    assert page.count("<table>") >= 5 and page.count('src="data:image/png;base64,') == 8
     assert not re.search(r"(src|href)=[\"']?(https?:|//|file:)", page)  # self-contained: nothing to fetch
 
     shot = tmp_path / "shot.png"

@@ -8,6 +8,7 @@ from spam_bench.reports.robust_stats import (
     iqm,
     paired_t_power,
     probability_of_improvement,
+    score_distribution,
     seeds_needed,
     stratified_bootstrap_ci,
 )
@@ -95,6 +96,10 @@ def test_the_report_section_says_when_the_data_cannot_separate_an_optimizer_from
 
     clear = to_markdown(robust_section.blocks(runs({"adamw": [1.0, 1.01, 0.99], "fast": [0.5, 0.51, 0.49]})))
     assert "| fast | 1 | 3 |" in clear and "| better |" in clear
+    # the performance profile: every run of `fast` scores about +0.5, so it is above every tau of the
+    # table; of AdamW's scores (about -0.01, 0, +0.01) one is above 0 and none above 0.05
+    assert "| fast | 1 |" + " 1.00 [1.00, 1.00] |" * 6 in clear
+    assert "| adamw | 1 |" + " 1.00 [1.00, 1.00] |" * 3 + " 0.33 [0.00, 1.00] |" + " 0.00 [0.00, 0.00] |" * 2 in clear
     mixed = to_markdown(robust_section.blocks(runs({"adamw": [1.0, 1.2, 0.8], "noisy": [0.9, 1.3, 0.85]})))
     assert "cannot tell from AdamW" in mixed
     # two seeds never enter an aggregate (the leaderboard's ranking rule); rows come best IQM first
@@ -112,3 +117,25 @@ def test_a_statistic_with_an_axis_gives_the_same_ci_as_one_resample_at_a_time(st
     vectorised = stratified_bootstrap_ci(scores, statistic, resamples=300)
     looped = stratified_bootstrap_ci(scores, lambda row: float(statistic(row)), resamples=300)
     assert vectorised == pytest.approx(looped, rel=1e-12)
+
+
+def test_the_score_distribution_is_the_fraction_above_tau_per_task_averaged_over_tasks():
+    # a: 3 of 4 runs above 0.15; b: 1 of 2 -> (0.75 + 0.5) / 2 = 0.625 (each task weighs the same).
+    point, lo, hi = score_distribution({"a": [0.1, 0.2, 0.3, 0.4], "b": [-0.1, 0.5]}, [0.15], resamples=500)
+    assert point[0] == pytest.approx(0.625) and lo[0] <= point[0] <= hi[0]
+    # With equal runs per task it is rliable's pooled mean(scores > tau) over the runs x tasks matrix.
+    matrix = np.random.default_rng(3).normal(0, 1, (5, 4))
+    taus = np.linspace(-2, 2, 9)
+    point, lo, hi = score_distribution({str(t): matrix[:, t] for t in range(4)}, taus)
+    assert point == pytest.approx([np.mean(matrix > tau) for tau in taus])
+    assert np.all(lo <= point) and np.all(point <= hi)
+    assert np.all(np.diff(point) <= 0) and np.all(np.diff(lo) <= 0) and np.all(np.diff(hi) <= 0)
+
+
+def test_the_score_distribution_band_narrows_with_more_runs():
+    rng = np.random.default_rng(4)
+    few = {t: rng.normal(0, 1, 3) for t in "abc"}
+    many = {t: rng.normal(0, 1, 40) for t in "abc"}
+    _, lo, hi = score_distribution(few, [0.0])
+    _, lo2, hi2 = score_distribution(many, [0.0])
+    assert hi2[0] - lo2[0] < hi[0] - lo[0]
