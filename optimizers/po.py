@@ -35,6 +35,11 @@ from spam_bench.suite.registry import Family, OptimizerSpec
 SKIP = {"self", "params", "model", "lr", "maximize", "foreach"}
 SCALARS = (bool, int, float, str)
 NEEDS_CLOSURE = {"alig", "bsam", "lbfgs"}
+# Declared default lrs relative to the task recipe's (OptimizerSpec.lr_scale), from each paper's own
+# advice. Lion: "a suitable learning rate for Lion is typically 3-10x smaller than that for AdamW"
+# (Chen et al. 2023, arXiv 2302.06675, section 5); we take the 3x end, since a sign update's size
+# does not shrink with the gradient and the tiny recipes already sit at the low end of their lr ranges.
+LR_SCALES = {"lion": 0.3}
 _MUON = "needs param groups flagged use_muon (Muon on matrices, AdamW elsewhere): write a role-aware plug-in"
 # name -> why a task's backward() + step() loop cannot train it
 NOT_TRAINABLE = {
@@ -116,6 +121,7 @@ def build(name: str) -> OptimizerSpec:
         reference=f"pytorch_optimizer {version('pytorch_optimizer')} {cls.__module__}.{cls.__name__}",
         needs_closure=name in NEEDS_CLOSURE,
         libraries=("pytorch-optimizer",),
+        lr_scale=LR_SCALES.get(name, 1.0),
     )
 
 

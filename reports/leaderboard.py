@@ -3,7 +3,8 @@
 A *problem* is a task at a scale with its problem settings (task overrides other than the
 learning rate: summary.RECIPE_KEYS); an *entry* is one optimizer with one recipe (its lr and
 opt.* values) on a problem, averaged over its seeds. Diverged runs are counted, never averaged.
-Every entry has a *protocol*: "defaults" (the optimizer's declared defaults at the task's lr),
+Every entry has a *protocol*: "defaults" (the optimizer's declared defaults, its lr the task's times
+the lr scale it declares, registry.OptimizerSpec.lr_scale),
 "tuned" (the configuration `spambench tune` saved for its task, scale and optimizer, re-run on
 fresh seeds with `spambench sweep --from-tuning`) or "hand-set" (any other lr / opt.* values).
 
@@ -71,7 +72,7 @@ def problem_slug(task: str, scale: str, problem: str) -> str:
 # (task, scale, optimizer) -> what `spambench tune` saved: {"sets": {key: value}, "trials": n, ...}
 TuningRecords = Mapping[tuple[str, str, str], Mapping[str, Any]]
 PROTOCOLS = {
-    "defaults": "every optimizer at its declared defaults (the task's lr)",
+    "defaults": "every optimizer at its declared defaults (the task's lr times the optimizer's declared lr scale)",
     "tuned": "every optimizer at the configuration `spambench tune` chose, re-run on fresh seeds (`--from-tuning`)",
 }
 
@@ -424,8 +425,8 @@ def method_note() -> str:
         "★ (bold) = a rank-1 entry significantly better, by the same test, than every ranked entry outside "
         "rank 1 (rank-1 entries that tie share it; nothing is starred when no ranked entry is outside rank 1). "
         "Overlapping CIs alone neither separate nor tie entries: the paired test does. lr = the learning rate "
-        "the run trained with (its resolved task config); at 'defaults' that is the task's lr, the same for "
-        "every optimizer. Protocol: defaults (declared defaults), tuned (the configuration `spambench tune` "
+        "the run trained with (its resolved task config); at 'defaults' that is the task's lr times the lr "
+        "scale the optimizer declares (1 unless it declares one, e.g. for a sign-based update). Protocol: defaults (declared defaults), tuned (the configuration `spambench tune` "
         "saved for the task, scale and optimizer, re-run on fresh seeds) or hand-set (any other lr / opt.* "
         "values). steps/s = "
         "optimizer steps per wall-clock second of the whole run (evaluation included). Optimizer state = bytes "

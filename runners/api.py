@@ -81,10 +81,13 @@ def as_spec(
     optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
     name: str | None = None,
     kwargs: Mapping[str, Any] | None = None,
+    lr_scale: float | None = None,
 ) -> OptimizerSpec:
-    """An `OptimizerSpec` for a class, a factory or a spec (kwargs become its hyperparameters)."""
+    """An `OptimizerSpec` for a class, a factory or a spec (kwargs become its hyperparameters);
+    `lr_scale` (default: the spec's own, else 1) is its declared default lr relative to the task's."""
     if isinstance(optimizer, OptimizerSpec):
-        return optimizer
+        return optimizer if lr_scale is None else dataclasses.replace(optimizer, lr_scale=lr_scale)
+    scale = 1.0 if lr_scale is None else lr_scale
     kwargs = dict(kwargs or {})
     label = name or getattr(optimizer, "__name__", None)
     if not label:
@@ -101,6 +104,7 @@ def as_spec(
             factory=factory,
             config_cls=_config_for(label, kwargs),
             description=f"{cls.__module__}.{cls.__qualname__}",
+            lr_scale=scale,
         )
     if callable(optimizer):
         return OptimizerSpec(
@@ -108,6 +112,7 @@ def as_spec(
             factory=cast(Callable[..., torch.optim.Optimizer], optimizer),
             config_cls=_config_for(label, kwargs),
             description=f"factory {getattr(optimizer, '__module__', '?')}.{label}",
+            lr_scale=scale,
         )
     raise ConfigError(
         "optimizer",
@@ -120,16 +125,22 @@ def as_spec(
 def register_optimizer(
     optimizer: OptimizerSpec | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
     name: str | None = None,
+    *,
+    lr_scale: float | None = None,
     **kwargs: Any,
 ) -> str:
     """Register an optimizer in this process and return its name.
+
+    `lr_scale` declares its default lr relative to each task's (e.g. 0.3 for a Lion, whose advised lr
+    is 3-10x below AdamW's): a run that keeps the task's lr trains at task lr x lr_scale, and is still
+    the "defaults" protocol; an lr you set is used as given.
 
     Visible to `run`, `compare` and `spambench` commands run in this process. Ray workers are other
     processes: a sweep carries the optimizer to them by import path (module + attribute) when its
     module can be imported there, and refuses it otherwise. To make it visible everywhere, declare an
     entry point in group `spam_bench.optimizers` in your package.
     """
-    spec = as_spec(optimizer, name, kwargs)
+    spec = as_spec(optimizer, name, kwargs, lr_scale)
     existing = OPTIMIZERS.registered(spec.name)
     same_source = OPTIMIZERS.local.get(spec.name, (None,))[0] is optimizer  # a notebook cell run again
     if existing is not None and existing is not spec and not same_source:
@@ -138,7 +149,11 @@ def register_optimizer(
             spec.name,
             f"a name not taken by another registered optimizer (pass name=...; taken: {', '.join(OPTIMIZERS.names())})",
         )
-    module = getattr(optimizer, "__module__", None) or spec.module
+    # A spec's own __module__ is its class's (suite.registry): the code that makes its numbers, and the
+    # module a sweep imports it from, is where its factory is defined.
+    module = (
+        spec.module if isinstance(optimizer, OptimizerSpec) else getattr(optimizer, "__module__", None) or spec.module
+    )
     OPTIMIZERS.register(spec.name, spec, module=module, source=optimizer, kwargs=kwargs)
     return spec.name
 

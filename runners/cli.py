@@ -553,6 +553,7 @@ def _list_json(what: str | None) -> dict:
                 "reference": o.reference,
                 "defaults": o.defaults(),
                 "grad_clip": o.grad_clip,
+                "lr_scale": o.lr_scale,
                 "search_space": sorted(o.search_space),
                 "capabilities": {
                     "needs_closure": o.needs_closure,

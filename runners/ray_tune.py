@@ -202,8 +202,9 @@ class TuneRecorder(RunRecorder):
             )
 
 
-def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Optimizers registered in this process, as (import path, kwargs) for the trials to re-register.
+def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, Any], float]]:
+    """Optimizers registered in this process, as (import path, kwargs, declared lr scale) for the trials
+    to re-register (the scale may have been given at registration rather than by the object itself).
 
     Ray workers are other processes: they see entry points, not what a notebook or script registered.
     An optimizer whose module they can import travels by import path; one defined in `__main__` (a
@@ -222,7 +223,7 @@ def carried_plugins(runs: list[ResolvedRun]) -> dict[str, tuple[str, dict[str, A
                 "this process (e.g. defined in a notebook or __main__); define it in an importable "
                 "module, or declare an entry point in group spam_bench.optimizers",
             )
-        carried[name] = found
+        carried[name] = (*found, OPTIMIZERS.get(name).lr_scale)
     return carried
 
 
@@ -231,10 +232,10 @@ def _register_carried(plugins: dict[str, Any]) -> None:
 
     from spam_bench.runners.api import register_optimizer
 
-    for name, (path, kwargs) in plugins.items():
+    for name, (path, kwargs, lr_scale) in plugins.items():
         if OPTIMIZERS.registered(name) is None:
             module, _, attr = path.partition(":")
-            register_optimizer(getattr(importlib.import_module(module), attr), name=name, **kwargs)
+            register_optimizer(getattr(importlib.import_module(module), attr), name=name, lr_scale=lr_scale, **kwargs)
 
 
 def _trial(config: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -40,6 +41,12 @@ class OptimizerSpec:
     It receives the model (not only its parameters) because some optimizers choose parameter
     groups by role. `config_cls` is a dataclass of `suite.config.param` fields: the optimizer's
     hyperparameters (except `lr`, which is the task recipe's), with defaults and bounds.
+
+    `lr_scale` is the optimizer's declared default lr, relative to the task's: a run that leaves the
+    lr at the task recipe's trains at recipe lr x lr_scale. Why relative and not an absolute lr:
+    the recipes' lrs differ by orders of magnitude (rl-zoo's PPO lrs against the LLM's), and an
+    optimizer's advice is a ratio to Adam's (Lion: "3-10x smaller than AdamW", Chen et al. 2023,
+    section 5). An lr the user sets (`--set lr=`, a grid, a tuned value, an LR study) is absolute.
     """
 
     name: str
@@ -64,6 +71,13 @@ class OptimizerSpec:
     # Optimizer features it does not support, with the reason (e.g. {"add_param_group": "..."}):
     # the conformance kit skips those checks and says why.
     unsupported: Mapping[str, str] = field(default_factory=dict)
+    # The declared default lr as a multiple of the task recipe's (see above); 1 = the recipe's lr.
+    lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+            raise ConfigError("lr_scale", scale, f"a finite float > 0 (optimizer {self.name}'s declared lr scale)")
 
     def defaults(self) -> dict[str, Any]:
         return {f.name: _default(f) for f in dataclasses.fields(self.config_cls)}

@@ -40,6 +40,9 @@ class ResolvedRun:
     config: Any
     optimizer: OptimizerSpec
     opt_config: Any
+    # The factor applied to the task recipe's lr: the optimizer's declared lr_scale when the run
+    # kept the recipe's lr, 1 when the lr was set (an lr the user sets is never scaled).
+    lr_scale: float = 1.0
 
     @property
     def clip(self) -> ClipRule:
@@ -62,6 +65,7 @@ class ResolvedRun:
             "task_config": to_dict(self.config),
             "optimizer_config": to_dict(self.opt_config),
             **self.clip.record(),
+            "lr_scale": self.lr_scale,
             "code": self.code,
             "primary_metric": self.task.primary_metric,
             "direction": self.task.direction,
@@ -146,6 +150,18 @@ def check_capabilities(task: Task, config: Any, opt_name: str, opt: OptimizerSpe
         )
 
 
+def _declared_lr(config: Any, opt: OptimizerSpec, *, lr_set: bool) -> tuple[Any, float]:
+    """The task config with the optimizer's declared default lr, and the factor applied.
+
+    The scale moves the task config's `lr` itself rather than the lr handed to the factory, so every
+    consumer of the lr agrees: the factory, the task's schedule (SB3 rewrites each group's lr from its
+    own schedule before every update), the logged lr and the spec.json the leaderboard reads."""
+    lr = getattr(config, "lr", None)
+    if lr_set or opt.lr_scale == 1.0 or isinstance(lr, bool) or not isinstance(lr, int | float):
+        return config, 1.0  # a task without a numeric `lr` field has no recipe lr to scale
+    return dataclasses.replace(config, lr=float(lr) * opt.lr_scale), float(opt.lr_scale)
+
+
 def _typed_overrides(values: Mapping[str, Any], built: Any) -> dict[str, Any]:
     return {k: getattr(built, k) for k in values}
 
@@ -181,6 +197,7 @@ def resolve(
 
     base = task_obj.scale_values(scale)
     config = build_config(task_obj.config_cls, {**base, **task_sets})
+    config, lr_scale = _declared_lr(config, opt_spec, lr_set="lr" in task_sets)
     opt_config: Any = build_config(opt_spec.config_cls, opt_sets, prefix="opt.")
     check_capabilities(task_obj, config, optimizer, opt_spec, device)
     spec = RunSpec(
@@ -192,4 +209,4 @@ def resolve(
         opt_hparams=_typed_overrides(opt_sets, opt_config),
         device=device,
     )
-    return ResolvedRun(spec, task_obj, config, opt_spec, opt_config)
+    return ResolvedRun(spec, task_obj, config, opt_spec, opt_config, lr_scale)

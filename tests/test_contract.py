@@ -1,8 +1,8 @@
 """The run contract, checked on every registered task (a new task is covered without a new test).
 
 Each task runs at its `smoke` scale (seconds on a CPU), which every task must ship. For each one:
-the one clip rule is applied and recorded the same way, the instruments log and summarise the same
-keys, the primary metric is logged before training, an impossible optimizer is refused before the
+the one clip rule is applied and recorded the same way, an optimizer's declared lr scale reaches
+every param group, the instruments log and summarise the same keys, the primary metric is logged before training, an impossible optimizer is refused before the
 disk, a run SIGKILLed mid-way resumes to the same numbers as an uninterrupted one (the one kill-and-
 resume test per task: a task's own test file adds only what its smoke scale cannot reach), and the
 code fingerprint covers the task's own files.
@@ -10,6 +10,7 @@ code fingerprint covers the task's own files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,8 @@ import torch
 from spam_bench.reports import sensitivity
 from spam_bench.runners.cli import main
 from spam_bench.suite import identity, seeding
-from spam_bench.suite.registry import TASKS
+from spam_bench.suite.registry import OPTIMIZERS, TASKS, OptimizerSpec
+from spam_bench.suite.resolve import resolve
 from spam_bench.suite.results import read_json, read_metrics
 
 TASK_NAMES = TASKS.names()
@@ -63,14 +65,40 @@ def _run_dir(out: Path, summary: dict) -> Path:
     return out / "runs" / summary["task"] / summary["run_id"]
 
 
+# The contract runs' optimizer: adam_clip declaring a default lr a tenth of the task's, so that every
+# check below also holds for an optimizer with its own lr scale (registry.OptimizerSpec.lr_scale).
+SCALED = "adam_clip_tenth_lr"
+LR_SCALE = 0.1
+
+
+def _scaled_adam_clip(seen: list[float]) -> OptimizerSpec:
+    """SCALED, its factory recording into `seen` the lr it is given, then every group's lr at each step."""
+    base = OPTIMIZERS.get("adam_clip")
+
+    def factory(model, model_info, *, lr, **hparams):
+        seen.append(lr)
+        optimizer = base.factory(model, model_info, lr=lr, **hparams)
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.extend(g["lr"] for g in opt.param_groups))
+        return optimizer
+
+    return dataclasses.replace(base, name=SCALED, factory=factory, lr_scale=LR_SCALE)
+
+
 @pytest.fixture(scope="module")
-def adam_clip_runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+def adam_clip_runs(tmp_path_factory) -> tuple[Path, dict[str, dict], dict[str, list[float]]]:
+    """Each task's smoke run of SCALED: the store, the summaries and, per task, the lr the factory got
+    followed by every param group's lr after each step."""
     out = tmp_path_factory.mktemp("contract")
-    summaries = {}
-    for task in TASK_NAMES:
-        assert _run(out, task, "adam_clip") == 0
-        summaries[task] = _summary(out, task)
-    return out, summaries
+    seen: list[float] = []
+    spec = _scaled_adam_clip(seen)
+    summaries, lrs = {}, {}
+    with pytest.MonkeyPatch.context() as patch:  # the plug-in must not outlive this module
+        patch.setattr(OPTIMIZERS, "_items", {**OPTIMIZERS._items, SCALED: spec})
+        for task in TASK_NAMES:
+            assert _run(out, task, SCALED) == 0
+            summaries[task], lrs[task] = _summary(out, task), list(seen)
+            seen.clear()
+    return out, summaries, lrs
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
@@ -81,10 +109,10 @@ def test_every_task_ships_a_smoke_scale(task):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
-    out, summaries = adam_clip_runs
+    out, summaries, _ = adam_clip_runs
     s = summaries[task]
     assert set(s) >= CLIP_KEYS
-    assert s["grad_clip_optimizer"] == 1.0  # adam_clip is Adam + a clip at 1.0 on every task
+    assert s["grad_clip_optimizer"] == 1.0  # adam_clip is Adam + a clip at 1.0 on every task (scaled or not)
     expected = min(v for v in (s["grad_clip_task"], 1.0) if v is not None)
     assert s["grad_clip"] == expected
     spec = read_json(_run_dir(out, s) / "spec.json")
@@ -93,12 +121,28 @@ def test_the_one_clip_rule_is_applied_and_recorded(task, adam_clip_runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
+def test_a_declared_lr_scale_is_the_lr_every_param_group_trains_at_and_is_recorded(task, adam_clip_runs):
+    """Whatever the task's schedule (warmup and cosine, SB3 rewriting each group's lr before every
+    update, Lightning's loop), the peak lr any group steps with is the recipe's lr times the scale."""
+    out, summaries, lrs = adam_clip_runs
+    recipe = resolve(task=task, optimizer="adam_clip", scale="smoke").config.lr
+    given, *stepped = lrs[task]
+    assert given == pytest.approx(recipe * LR_SCALE, rel=1e-12)
+    assert stepped and max(stepped) == pytest.approx(recipe * LR_SCALE, rel=1e-9)
+    spec = read_json(_run_dir(out, summaries[task]) / "spec.json")
+    assert spec["lr_scale"] == LR_SCALE and spec["task_config"]["lr"] == pytest.approx(recipe * LR_SCALE, rel=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_NAMES)
 def test_a_complete_run_drops_its_checkpoint_unless_asked_to_keep_it(task, adam_clip_runs, tmp_path):
-    out, summaries = adam_clip_runs
+    out, summaries, _ = adam_clip_runs
     run_dir = _run_dir(out, summaries[task])
     assert (run_dir / "summary.json").exists() and not (run_dir / "checkpoint.pt").exists()
     if task == "rl":  # the flag is the suite's, the same for every task; rl checkpoints at its end (spikes never does)
-        assert _run(tmp_path, task, "adam_clip", "--keep-checkpoint") == 0
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(OPTIMIZERS, "_items", {**OPTIMIZERS._items, SCALED: _scaled_adam_clip([])})
+            assert _run(tmp_path, task, SCALED, "--keep-checkpoint") == 0
         kept = _run_dir(tmp_path, _summary(tmp_path, task))
         again = _summary(tmp_path, task)
         assert (kept / "checkpoint.pt").exists()
@@ -108,7 +152,7 @@ def test_a_complete_run_drops_its_checkpoint_unless_asked_to_keep_it(task, adam_
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_task_reports_the_same_instrument_keys(task, adam_clip_runs):
-    out, summaries = adam_clip_runs
+    out, summaries, _ = adam_clip_runs
     s = summaries[task]
     assert set(s) >= INSTRUMENT_KEYS
     assert {"injected", "loss_spikes"} <= set(s["spike_events"])
@@ -136,7 +180,7 @@ def test_what_runs_before_training_leaves_every_global_rng_where_it_was():
 def test_every_task_logs_its_primary_metric_before_training(task, adam_clip_runs):
     """An LR study caps each run at its metric before training (Wortsman et al.), read at step 0 by
     the report's own reader, so the test goes through that reader."""
-    out, summaries = adam_clip_runs
+    out, summaries, _ = adam_clip_runs
     s = summaries[task]
     rows = pd.DataFrame(read_metrics(_run_dir(out, s))).assign(task=task, run_id=s["run_id"])
     (initial,) = sensitivity.step0_values(rows, task, {s["run_id"]}, s["primary_metric"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import spam_bench
-from spam_bench.runners.ray_tune import carried_plugins
+from spam_bench.runners.ray_tune import _register_carried, carried_plugins
 from spam_bench.suite.errors import ConfigError
 from spam_bench.suite.registry import OPTIMIZERS
 from spam_bench.suite.resolve import resolve
@@ -119,6 +119,18 @@ def test_run_accepts_a_name_a_class_with_kwargs_and_a_factory(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_optimizer_registered_with_an_lr_scale_is_compared_at_its_own_lr(tmp_path, monkeypatch):
+    for attr in ("_items", "_modules", "local"):  # the probe must not outlive this test
+        monkeypatch.setattr(OPTIMIZERS, attr, dict(getattr(OPTIMIZERS, attr)))
+    name = spam_bench.register_optimizer(torch.optim.Adam, name="adam_tenth_lr", lr_scale=0.1)
+    table = spam_bench.compare("spikes", ["adamw", name], seeds=[0], scale="smoke", out=tmp_path)
+    recipe = resolve(task="spikes", optimizer="adamw", scale="smoke").config.lr
+    lrs = dict(zip(table["optimizer"], table["lr"]))
+    assert lrs == {"adamw": recipe, name: pytest.approx(recipe * 0.1, rel=1e-12)}
+    assert set(table["protocol"]) == {"defaults"}  # a declared scale is still the optimizer at its defaults
+
+
+@pytest.mark.slow
 def test_compare_returns_the_leaderboard_table(tmp_path):
     table = spam_bench.compare("spikes", ["adamw", "spam"], seeds=[0, 1], scale="smoke", out=tmp_path)
     assert list(table["optimizer"]).count("adamw") == 1 and set(table["n"]) == {2}
@@ -130,11 +142,18 @@ def test_a_name_taken_by_another_optimizer_is_refused():
         spam_bench.register_optimizer(torch.optim.Adam, name="adamw")
 
 
-def test_sweeps_carry_importable_plugins_by_path_and_refuse_main_ones():
-    name = spam_bench.register_optimizer(torch.optim.SGD, name="sgd_probe", momentum=0.5)
+def test_sweeps_carry_importable_plugins_by_path_and_refuse_main_ones(monkeypatch):
+    for attr in ("_items", "_modules", "local"):  # the probes must not outlive this test
+        monkeypatch.setattr(OPTIMIZERS, attr, dict(getattr(OPTIMIZERS, attr)))
+    name = spam_bench.register_optimizer(torch.optim.SGD, name="sgd_probe", lr_scale=0.5, momentum=0.5)
     run = resolve(task="spikes", optimizer=name, scale="smoke")
-    path, kwargs = carried_plugins([run])[name]
-    assert path.endswith(":SGD") and kwargs == {"momentum": 0.5}
+    path, kwargs, lr_scale = carried = carried_plugins([run])[name]
+    assert path.endswith(":SGD") and kwargs == {"momentum": 0.5} and lr_scale == 0.5
+
+    del OPTIMIZERS._items[name], OPTIMIZERS.local[name]  # a Ray worker: it has never seen the probe
+    _register_carried({name: carried})
+    rebuilt = resolve(task="spikes", optimizer=name, scale="smoke")
+    assert rebuilt.lr_scale == 0.5 and rebuilt.config.lr == run.config.lr and rebuilt.spec.run_id == run.spec.run_id
 
     local = type("NotebookOpt", (torch.optim.SGD,), {"__module__": "__main__"})
     name = spam_bench.register_optimizer(local)

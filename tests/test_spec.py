@@ -2,6 +2,7 @@
 
 from spam_bench.suite.resolve import resolve
 from spam_bench.suite.spec import RunSpec
+from spam_bench.suite.sweep import expand
 
 
 def test_run_id_ignores_argument_order_and_number_spelling():
@@ -26,3 +27,44 @@ def test_run_id_is_a_pure_function_of_the_canonical_spec():
 def test_unprefixed_optimizer_key_goes_to_the_optimizer():
     run = resolve(task="llm", optimizer="adamw", sets={"beta2": "0.95"})
     assert run.spec.opt_hparams == {"beta2": 0.95} and run.opt_config.beta2 == 0.95
+
+
+def _scaled(name: str, lr_scale: float):
+    import dataclasses
+
+    from spam_bench.suite.registry import OPTIMIZERS
+
+    return dataclasses.replace(OPTIMIZERS.get("adamw"), name=name, lr_scale=lr_scale)
+
+
+def test_a_declared_lr_scale_moves_only_the_recipe_lr(monkeypatch):
+    from spam_bench.suite.registry import OPTIMIZERS
+
+    monkeypatch.setattr(OPTIMIZERS, "_items", {**OPTIMIZERS._items, "adamw_tenth": _scaled("adamw_tenth", 0.1)})
+    recipe = resolve(task="llm", optimizer="adamw").config.lr
+    scaled = resolve(task="llm", optimizer="adamw_tenth")
+    assert scaled.config.lr == recipe * 0.1 and scaled.lr_scale == 0.1
+    assert scaled.record()["task_config"]["lr"] == recipe * 0.1 and scaled.record()["lr_scale"] == 0.1
+    assert scaled.spec.overrides == {}  # the scale belongs to the optimizer's code, not to the run's settings
+    chosen = resolve(task="llm", optimizer="adamw_tenth", sets={"lr": "0.002"})  # an lr the user sets is absolute
+    assert chosen.config.lr == 0.002 and chosen.lr_scale == 1.0 and chosen.record()["lr_scale"] == 1.0
+
+    # An LR grid: the value the optimizer has at its defaults (the scaled one) *is* the defaults run;
+    # the recipe's own lr is an ordinary hand-set run for this optimizer.
+    at_default, at_recipe = expand(
+        task="llm", optimizers=["adamw_tenth"], seeds=[0], grid={"lr": [repr(recipe * 0.1), repr(recipe)]}
+    )
+    assert at_default.spec.run_id == scaled.spec.run_id and at_default.config.lr == recipe * 0.1
+    assert at_recipe.spec.overrides == {"lr": recipe} and at_recipe.config.lr == recipe
+
+
+def test_an_lr_scale_that_is_not_a_positive_finite_number_is_refused_in_one_line():
+    import pytest
+
+    from spam_bench.suite.errors import ConfigError
+
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ConfigError) as err:
+            _scaled("bad", bad)
+        message = str(err.value)
+        assert "lr_scale" in message and "finite float > 0" in message and "\n" not in message
