@@ -42,7 +42,7 @@ comma := ,
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup bench sweep sensitivity report results leaderboard perf perf-ray perf-report perf-roofline perf-tasks gpu-check test test-fast lint lint-tree lint-imports typecheck clean-venv
+.PHONY: setup bench sweep sensitivity report results leaderboard perf perf-ray perf-report perf-roofline perf-tasks gpu-check test test-cluster test-fast lint lint-tree lint-imports typecheck clean-venv
 
 setup: $(STAMP)
 
@@ -144,11 +144,18 @@ perf-report: $(STAMP)
 TEST_WORKERS ?= 2
 TEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(TEST_PARALLEL) tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) -m "not cluster" tests
+
+# The tests that start several processes or nodes at once for one thing: a multi-node Ray cluster on
+# this machine, torchrun's data-parallel runs, Ray Train worker groups. Each costs tens of seconds of
+# process start-up, so they are their own tier, kept out of `make test` (10 minutes on 2 cores);
+# `.ci/run` runs both.
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) -m cluster tests
 
 # The inner loop: everything not marked slow (end-to-end runs, cluster and packaging tests).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q $(TEST_PARALLEL) -m "not slow" tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) -m "not slow and not cluster" tests
 
 # The layer folders sit at the repository root and install as spam_bench.* through setuptools'
 # package-dir mapping, which import-graph tools cannot follow; they read a copy laid out as installed.

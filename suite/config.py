@@ -8,7 +8,9 @@ field, the bad value and what is allowed. Nothing here knows any task or optimiz
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -154,10 +156,17 @@ def shown_field(key: Any) -> str:
     return text if text.isprintable() else repr(text)
 
 
+@functools.lru_cache(maxsize=512)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A config class's field types. Cached: evaluating string annotations compiles each one, and a
+    sweep builds two configs per run it plans (classes are immutable here: dataclasses of `param`s)."""
+    return typing.get_type_hints(cls)
+
+
 def build_config(cls: type[C], values: Mapping[str, Any], *, prefix: str = "") -> C:
     """Build dataclass `cls` from `values`, validating every field; unknown keys are errors."""
     fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cast(Any, cls))
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(shown_field(prefix + unknown[0]), values[unknown[0]], "keys " + ", ".join(sorted(fields)))
@@ -194,11 +203,27 @@ def json_ready(value: Any) -> Any:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), type(data).__name__, "a YAML mapping of field: value")
-    return data
+    """A YAML mapping of field: value (a copy the caller may change).
+
+    Why the cache: `resolve` reads the scale's file for every run it resolves, and a sweep resolves each
+    combination twice (suite/sweep.py), so planning a few hundred runs spent most of its time in
+    PyYAML's pure-Python parser. The cache is keyed by the file's identity and modification time, so an
+    edited scale file is read again."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if key not in _YAML_CACHE:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), type(data).__name__, "a YAML mapping of field: value")
+        if len(_YAML_CACHE) >= _YAML_CACHE_SIZE:
+            _YAML_CACHE.clear()
+        _YAML_CACHE[key] = data
+    return copy.deepcopy(_YAML_CACHE[key])
+
+
+_YAML_CACHE: dict[tuple[str, int, int, int], dict[str, Any]] = {}
+_YAML_CACHE_SIZE = 256  # scale files are few; a bound keeps a long-lived notebook from growing it
 
 
 def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, str]:

@@ -97,20 +97,23 @@ def run_chromium(page: Path, profile: Path, *mode: str) -> subprocess.CompletedP
 # that take the longest (a Ray cluster, S3, real sweeps and kills) go first, so that the two workers
 # finish together instead of one running a long file alone at the end. Only the order changes.
 LONGEST_FIRST = (
-    "test_ray_cluster.py",
-    "test_object_store.py",
-    "test_sweep.py",
-    "test_ray_train.py",
+    "test_ray_cluster.py",  # `make test-cluster`: the cluster tier's longest files first too
     "test_distributed.py",
-    "test_sensitivity_cli.py",
-    "test_tuning.py",
-    "test_store_hardening.py",
-    "test_library.py",
-    "test_tracking.py",
+    "test_ray_train.py",
+    "test_sweep.py",
     "test_contract.py",
-    "test_rl_run.py",
     "test_bad_input_corpus.py",
     "test_tsf_run.py",
+    "test_tracking.py",
+    "test_spam_equivalence.py",
+    "test_tuning.py",
+    "test_library.py",
+    "test_sensitivity_cli.py",
+    "test_rl_run.py",
+    "test_object_store.py",
+    "test_store_hardening.py",
+    "test_published.py",
+    "test_gpu_check.py",
 )
 
 

@@ -339,6 +339,7 @@ def one_cpu_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.cluster  # a real Ray cluster started with `ray start`
 @pytest.mark.parametrize(
     "extra,expected",
     [

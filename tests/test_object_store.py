@@ -80,13 +80,13 @@ def _argv(command: str, url: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def swept(s3):
-    """Two trials on an embedded Ray, their store and Tune's files on S3."""
-    assert main(_argv("sweep", f"s3://{BUCKET}/sweep", "--opt", "adamw", "--seeds", "0-1")) == 0
+    """A trial on an embedded Ray, its store and Tune's files on S3."""
+    assert main(_argv("sweep", f"s3://{BUCKET}/sweep", "--opt", "adamw", "--seeds", "0")) == 0
     return s3.summaries("sweep/runs/")
 
 
 def test_a_sweep_writes_every_run_complete_to_object_storage(s3, swept):
-    assert len(swept) == 2 and all(s["status"] == "complete" for s in swept.values())
+    assert len(swept) == 1 and all(s["status"] == "complete" for s in swept.values())
     keys = s3.keys("sweep/")
     for run_id in swept:
         files = {k.rsplit("/", 1)[1] for k in keys if k.startswith(f"sweep/runs/llm/{run_id}/")}
@@ -225,8 +225,8 @@ def test_the_python_api_reuses_and_compares_runs_on_object_storage(swept):
     import spam_bench
 
     url, overrides = f"s3://{BUCKET}/sweep", dict(s.split("=", 1) for s in SPEED)
-    result = spam_bench.run("llm", "adamw", seed=1, overrides=overrides, out=url)
+    result = spam_bench.run("llm", "adamw", seed=0, overrides=overrides, out=url)
     assert result.reused and result.value == swept[result.run_dir.name]["value"]
     assert set(result.curves["split"]) >= {"train", "val"}  # its metrics staged, though nothing ran here
-    table = spam_bench.compare("llm", ["adamw"], seeds=[0, 1], overrides=overrides, out=url)
-    assert list(table["optimizer"]) == ["adamw"] and set(table["n"]) == {2}
+    table = spam_bench.compare("llm", ["adamw"], seeds=[0], overrides=overrides, out=url)
+    assert list(table["optimizer"]) == ["adamw"] and set(table["n"]) == {1}

@@ -28,7 +28,7 @@ from conftest import small_llm_sets
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json, read_metrics
 
-pytestmark = pytest.mark.slow  # real clusters and real (tiny) training: `make test` runs them
+pytestmark = pytest.mark.slow  # real (tiny) training; the tests on a real cluster are also `cluster`
 
 # A node killed outright is declared dead when the GCS's health checks fail 5 times in a row: here 1 s
 # apart (Ray's default is 3 s, ~15 s in all). Each check keeps its 10 s timeout, so a raylet that is
@@ -87,6 +87,7 @@ def _train_steps(run_dir):
     return [m["step"] for m in read_metrics(run_dir) if m["split"] == "train" and m["name"] == "loss"]
 
 
+@pytest.mark.cluster
 def test_a_sweep_on_the_cluster_uses_both_nodes_and_records_where_each_run_ran(two_nodes, cluster, tmp_path):
     head, worker = two_nodes
     out = tmp_path / "out"
@@ -122,6 +123,7 @@ def _private_mounts_work(folder: Path) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.cluster
 def test_a_store_that_one_node_cannot_see_is_refused_in_one_line(two_nodes, cluster, tmp_path, capsys):
     """A third node runs in its own mount namespace, where an empty tmpfs hides the store's folder:
     on one machine, the same situation as a node whose disk does not hold the driver's store."""
@@ -163,6 +165,7 @@ def test_a_store_that_one_node_cannot_see_is_refused_in_one_line(two_nodes, clus
 PLACED = re.compile(r"^  (\S+): node (\w+) \((\S+)\) host (\S+) CUDA_VISIBLE_DEVICES='([^']*)' ray GPUs \[([^\]]*)\]")
 
 
+@pytest.mark.cluster
 def test_check_placement_gives_every_cuda_trial_its_own_gpu_without_touching_cuda(cluster, tmp_path, capsys):
     """3 CUDA trials on a node that advertises 2 (logical) GPUs: at most 2 at once, never one GPU twice."""
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
@@ -195,6 +198,7 @@ def test_check_placement_gives_every_cuda_trial_its_own_gpu_without_touching_cud
     assert len(overlapping) < 3, "3 trials at once on 2 GPUs"
 
 
+@pytest.mark.cluster
 def test_killing_a_worker_node_mid_sweep_leaves_every_run_complete_exactly_once(two_nodes, cluster, tmp_path, capsys):
     head, worker = two_nodes
     out = tmp_path / "out"

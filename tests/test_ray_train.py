@@ -12,7 +12,7 @@ from conftest import small_llm_sets
 from spam_bench.runners.cli import main
 from spam_bench.suite.results import read_json, read_metrics
 
-pytestmark = pytest.mark.slow  # end-to-end: `make test` runs it, `make test-fast` skips it
+pytestmark = pytest.mark.slow  # end-to-end; the Ray Train run is also `cluster` (`make test-cluster`)
 
 SETS = small_llm_sets(steps=20, eval_every=10)
 
@@ -28,6 +28,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["value"] for m in read_metrics(run_dir) if (m["split"], m["name"]) == ("train", "loss")}
 
 
+@pytest.mark.cluster
 def test_two_workers_per_trial_land_the_one_process_run(tmp_path):
     swept = tmp_path / "swept"
     assert main(_argv("sweep", swept, "--workers-per-trial", "2", "--cpus-per-trial", "1")) == 0

@@ -68,3 +68,15 @@ def test_an_lr_scale_that_is_not_a_positive_finite_number_is_refused_in_one_line
             _scaled("bad", bad)
         message = str(err.value)
         assert "lr_scale" in message and "finite float > 0" in message and "\n" not in message
+
+
+def test_a_scale_file_is_read_again_once_edited_and_each_caller_gets_its_own_copy(tmp_path):
+    from spam_bench.suite.config import load_yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("steps: 5\n")
+    first = load_yaml(path)
+    first["steps"] = 99  # a caller changing what it got changes nothing for the next one
+    assert load_yaml(path) == {"steps": 5}
+    path.write_text("steps: 7\nlr: 0.1\n")
+    assert load_yaml(path) == {"steps": 7, "lr": 0.1}
