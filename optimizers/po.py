@@ -37,8 +37,8 @@ SCALARS = (bool, int, float, str)
 NEEDS_CLOSURE = {"alig", "bsam", "lbfgs"}
 # Declared default lrs relative to the task recipe's (OptimizerSpec.lr_scale), from each paper's own
 # advice. Lion: "a suitable learning rate for Lion is typically 3-10x smaller than that for AdamW"
-# (Chen et al. 2023, arXiv 2302.06675, section 5); we take the 3x end, since a sign update's size
-# does not shrink with the gradient and the tiny recipes already sit at the low end of their lr ranges.
+# (Chen et al. 2023, arXiv 2302.06675, section 5); we take the 3x end, the smaller move away from a
+# recipe lr: results/RESULTS.md's LR study finds the tiny llm recipe's lr at the low end of AdamW's good range.
 LR_SCALES = {"lion": 0.3}
 _MUON = "needs param groups flagged use_muon (Muon on matrices, AdamW elsewhere): write a role-aware plug-in"
 # name -> why a task's backward() + step() loop cannot train it
