@@ -111,10 +111,18 @@ class Aggregate:
         return "better" if self.iqm > 0 else "worse"
 
 
+def _has_baseline(scores: pd.DataFrame) -> bool:
+    """Whether some problem has AdamW's runs to score against (else the section has nothing to say)."""
+    return not scores.empty and BASELINE in set(scores.optimizer)
+
+
 def aggregates(runs: pd.DataFrame) -> list[Aggregate]:
     """Every optimizer's Aggregate, best IQM first (none when no problem has an AdamW baseline)."""
-    scores = _scores(runs)
-    if scores.empty or BASELINE not in set(scores.optimizer):
+    return _aggregates(_scores(runs))
+
+
+def _aggregates(scores: pd.DataFrame) -> list[Aggregate]:
+    if not _has_baseline(scores):
         return []
     base = _by_problem(scores, BASELINE)
     out = []
@@ -131,7 +139,7 @@ def aggregates(runs: pd.DataFrame) -> list[Aggregate]:
 
 
 def _profiles(scores: pd.DataFrame, taus: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    if scores.empty or BASELINE not in set(scores.optimizer):
+    if not _has_baseline(scores):
         return {}
     return {o: robust_stats.score_distribution(_by_problem(scores, o), taus) for o in sorted(set(scores.optimizer))}
 
@@ -157,8 +165,8 @@ def _profile_rows(scores: pd.DataFrame, order: list[str]) -> list[list[str]]:
 def blocks(runs: pd.DataFrame, images: set[str] | None = None) -> list[Block]:
     """The section, or nothing when no problem has an AdamW baseline at defaults; `images` names the
     figures that exist (the score distribution is linked only if drawn)."""
-    aggs = aggregates(runs)
     scores = _scores(runs)
+    aggs = _aggregates(scores)
     rows = [
         [
             a.optimizer,

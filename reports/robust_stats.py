@@ -58,9 +58,12 @@ def _resampled(groups: list[np.ndarray], rng: np.random.Generator, resamples: in
     return [g[rng.integers(0, len(g), (resamples, len(g)))] for g in groups]
 
 
-def _interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+def _interval(draws: np.ndarray, confidence: float) -> tuple[Any, Any]:
+    """The percentile interval over the resamples (axis 0): two floats for one statistic, two arrays
+    for a statistic per threshold (resamples x thresholds)."""
     alpha = (1 - confidence) / 2
-    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+    low, high = np.quantile(draws, [alpha, 1 - alpha], axis=0)
+    return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
 def stratified_bootstrap_ci(
@@ -112,8 +115,7 @@ def score_distribution(
         [(r[:, :, None] > grid).mean(axis=1) for r in _resampled(groups, np.random.default_rng(seed), resamples)],
         axis=0,
     )  # resamples x taus
-    alpha = (1 - confidence) / 2
-    return point, np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
+    return (point, *_interval(draws, confidence))
 
 
 def _poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
